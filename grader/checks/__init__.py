@@ -1,0 +1,121 @@
+"""Checks: how each kind of case is run and judged, one module per exercise (ex1.py ... ex7.py).
+
+A check has three parts, and the process each runs in is the point:
+  - `inputs(case)`, in the grader: seeded inputs, one dict per rank;
+  - `task(ctx)`, in every rank: calls the student's functions through
+    `ctx.call` and returns what it got (tensors, numbers, strings);
+  - `judge(case, inputs, results)`, in the grader: compares every rank's
+    result with the float64 reference and the communication record, and
+    returns a Verdict.
+Untrusted code only ever runs in `task`; references and comparisons never do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from grader.verdict import Verdict
+
+
+class Check:
+    """Base class of a check. `ranks(case)` is how many processes the case needs."""
+
+    #: run the task on a one-rank world, looping over "ranks" inside it (for functions with no collective)
+    local = False
+
+    def ranks(self, case: Any) -> int:
+        return 1 if self.local else case.world_size
+
+    def inputs(self, case: Any) -> list[dict]:
+        raise NotImplementedError
+
+    def task(self, ctx: Any) -> dict:
+        raise NotImplementedError
+
+    def judge(self, case: Any, inputs: list[dict], results: list[Any]) -> Verdict:
+        raise NotImplementedError
+
+
+_registry: dict[str, dict[str, Check]] = {}
+
+
+def register(exercise: str, name: str):
+    """Class decorator: `@register("ex1", "gather")` makes the check available to the manifest."""
+
+    def add(cls: type) -> type:
+        _registry.setdefault(exercise, {})[name] = cls()
+        return cls
+
+    return add
+
+
+def _load(exercise: str) -> dict[str, Check]:
+    if exercise not in _registry:
+        try:
+            importlib.import_module(f"grader.checks.{exercise}")
+        except ModuleNotFoundError as e:
+            if e.name != f"grader.checks.{exercise}":
+                raise
+    return _registry.get(exercise, {})
+
+
+def get(exercise: str, name: str) -> Check:
+    return _load(exercise)[name]
+
+
+def exists(exercise: str, name: str) -> bool:
+    return name in _load(exercise)
+
+
+def names(exercise: str) -> list[str]:
+    return sorted(_load(exercise))
+
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def generator(case: Any, salt: int = 0) -> torch.Generator:
+    """The case's seeded generator: the same inputs on every run and every machine."""
+    return torch.Generator().manual_seed(case.seed * 7919 + salt)
+
+
+def randn(case: Any, *shape: int, salt: int = 0, scale: float = 1.0) -> torch.Tensor:
+    """Seeded float64 normal values; cast to the case's dtype where the check needs it."""
+    return torch.randn(*shape, generator=generator(case, salt), dtype=torch.float64) * scale
+
+
+def try_call(ctx: Any, name: str, *args: Any, **kwargs: Any) -> dict:
+    """Call a student function that should raise: what it raised, or that it returned.
+
+    A stub's NotImplementedError still propagates, so an untouched exercise
+    reads "not implemented yet" rather than "raised the wrong error".
+    """
+    from grader.adapter import StudentError
+
+    try:
+        ctx.call(name, *args, **kwargs)
+    except StudentError as e:
+        if e.kind in ("not_implemented", "missing", "syntax_error", "early_exit"):
+            raise
+        return {"raised": e.exc_type, "message": e.message}
+    return {"raised": "", "message": ""}
+
+
+def judge_value_errors(results: dict, expected: dict) -> Verdict | None:
+    """`expected` maps a call's description to the argument its ValueError must name."""
+    from grader.verdict import Kind, fail
+
+    for call, argument in expected.items():
+        got = results.get(call, {})
+        if got.get("raised") != "ValueError":
+            what = f"raised {got.get('message')}" if got.get("raised") else "returned normally"
+            return fail(Kind.CONTRACT, f"{call} {what}; the contract asks for a ValueError naming "
+                                       f"{argument!r}: invalid arguments never pass silently")
+        if argument not in got.get("message", ""):
+            return fail(Kind.CONTRACT, f"{call} raised a ValueError whose message does not name "
+                                       f"{argument!r}: {got.get('message')}")
+    return None

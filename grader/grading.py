@@ -1,0 +1,263 @@
+"""Grading a submission: every case through inputs -> rank processes -> judgement -> CaseResult.
+
+This is the pipeline every front shares (pytest, check, grade, nbgrader,
+batch): they differ only in which cases they select and how they report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from grader import checks
+from grader.manifest import Case, Exercise, Manifest
+from grader.runner import RankOutcome, Runner, RunOutcome
+from grader.verdict import Kind, Verdict, fail
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    verdict: Verdict
+    seconds: float = 0.0
+    output: str = ""          # captured stdout/stderr of the ranks, capped
+    trace: list = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return self.case.points if self.verdict.passed else 0.0
+
+
+class SubmissionError(ValueError):
+    """A submission path the grader cannot use at all (missing, or no exercise files)."""
+
+
+def locate(submission: str | Path, manifest: Manifest) -> Path:
+    """The directory holding the exercise files: SUBMISSION itself or SUBMISSION/exercises."""
+    root = Path(submission)
+    if not root.exists():
+        raise SubmissionError(f"{root}: no such file or directory")
+    if not root.is_dir():
+        raise SubmissionError(f"{root}: not a directory (give the folder holding the exercise files)")
+    names = [ex.file for ex in manifest.exercises]
+    for candidate in (root, root / "exercises"):
+        if any((candidate / n).is_file() for n in names):
+            return candidate.resolve()
+    raise SubmissionError(f"{root}: no exercise files here or under {root / 'exercises'} "
+                          f"(expected any of {', '.join(names)})")
+
+
+def backend_for(case: Case, requested: str) -> tuple[str, str]:
+    """(backend, reason to skip or ''): NCCL needs one GPU per rank; auto uses it only when there are enough."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "gloo":
+        return "gloo", ""
+    if requested == "nccl":
+        if gpus < case.world_size:
+            return "nccl", (f"needs {case.world_size} GPUs for NCCL (one per rank; NCCL refuses two ranks "
+                            f"on one GPU), this machine has {gpus}")
+        return "nccl", ""
+    return ("nccl" if gpus >= case.world_size and torch.distributed.is_nccl_available() else "gloo"), ""
+
+
+def _precheck(case: Case, exercise: Exercise, directory: Path) -> Verdict | None:
+    """Failures the grader can name without running student code: a missing file, a syntax error."""
+    path = directory / exercise.file
+    if not path.is_file():
+        return fail(Kind.MISSING, f"{case.exercise}: {exercise.file} is not in the submission ({directory})")
+    try:
+        compile(path.read_bytes(), str(path), "exec")  # compiles only; nothing of the student's runs here
+    except SyntaxError as e:
+        return fail(Kind.SYNTAX_ERROR, f"{exercise.file} line {e.lineno}: {e.msg} — the file does not "
+                                       f"compile, so every case of {case.exercise} fails; other exercises "
+                                       f"are graded as usual")
+    except ValueError as e:
+        return fail(Kind.SYNTAX_ERROR, f"{exercise.file}: {e}")
+    return None
+
+
+def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, backend: str = "auto",
+          on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """Grade `cases` against the exercise files in `submission`. Fresh rank processes per call."""
+    directory = locate(submission, manifest)
+    modules = [ex.module for ex in manifest.exercises]
+    results = []
+    with Runner() as runner:
+        for case in cases:
+            start = time.monotonic()
+            exercise = manifest.exercise(case.exercise)
+            result = _grade_case(case, exercise, directory, modules, runner, backend)
+            result.seconds = time.monotonic() - start
+            if not result.verdict.passed and not result.verdict.hint:
+                result.verdict.hint = exercise.hint(result.verdict.kind.name.lower())
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
+
+
+def _grade_case(case: Case, exercise: Exercise, directory: Path, modules: list[str], runner: Runner,
+                backend: str) -> CaseResult:
+    verdict = _precheck(case, exercise, directory)
+    if verdict:
+        return CaseResult(case, verdict)
+    check = checks.get(case.exercise, case.check)
+    chosen, skip = backend_for(case, backend)
+    if skip:
+        return CaseResult(case, fail(Kind.SKIPPED, skip))
+    try:
+        inputs = check.inputs(case)
+        nranks = check.ranks(case)
+        job = {"submission": str(directory), "modules": modules, "module": exercise.module,
+               "exercise": case.exercise, "check": case.check, "case": case, "backend": chosen,
+               "group": list(case.group) if case.group and nranks > 1 else None, "seed": case.seed}
+        run = runner.pool(nranks).run(job, inputs, case.timeout)
+    except Exception as e:  # the kit's own failure: never charge it to the student silently
+        return CaseResult(case, fail(Kind.GRADER_ERROR, f"{type(e).__name__}: {e}"))
+    output = _output(run)
+    trace = [o.trace for o in run.ranks]
+    verdict = diagnose(case, run)
+    if verdict is None:
+        try:
+            verdict = check.judge(case, inputs, run.ranks)
+        except Exception as e:
+            verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
+    return CaseResult(case, verdict, output=output, trace=trace)
+
+
+def _output(run: RunOutcome) -> str:
+    parts = []
+    for o in run.ranks:
+        for name, text in (("stdout", o.stdout), ("stderr", o.stderr)):
+            if text.strip():
+                parts.append(f"--- rank {o.rank} {name} ---\n{text.rstrip()}")
+    return "\n".join(parts)
+
+
+ERROR_KINDS = {"not_implemented": Kind.NOT_IMPLEMENTED, "missing": Kind.MISSING,
+               "syntax_error": Kind.SYNTAX_ERROR, "exception": Kind.EXCEPTION, "early_exit": Kind.EARLY_EXIT}
+
+
+def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
+    """The verdict when ranks did not all return a result; None when they did."""
+    ranks = run.ranks
+    if all(o.status == "ok" for o in ranks):
+        return None
+    grader_errors = [o for o in ranks if o.status == "grader_error"]
+    if grader_errors:
+        return fail(Kind.GRADER_ERROR, f"rank {grader_errors[0].rank}: {grader_errors[0].error.get('message', '')}")
+    errors = [o for o in ranks if o.status == "error"]
+    if errors:
+        return _student_error(errors)
+    crashed = [o for o in ranks if o.status == "crashed"]
+    if crashed:
+        o = crashed[0]
+        return fail(Kind.CRASHED, f"rank {o.rank} was killed by {_signal_name(o.exitcode)} before returning "
+                                  f"its result" + _others(ranks, o))
+    exited = [o for o in ranks if o.status == "early_exit"]
+    if exited:
+        o = exited[0]
+        code = f"exit code {o.exitcode}" if o.exitcode is not None else "no exit code"
+        return fail(Kind.EARLY_EXIT, f"rank {o.rank} ended ({code}) before returning its result: something "
+                                     f"called sys.exit or os._exit, or the interpreter died" + _others(ranks, o))
+    if run.timed_out:
+        return fail(Kind.TIMEOUT, f"the case did not finish within {case.timeout:g} s.\n" + waits(ranks),
+                    hint=_deadlock_hint(ranks))
+    return fail(Kind.GRADER_ERROR, "ranks stopped without results: " +
+                ", ".join(f"rank {o.rank}: {o.status}" for o in ranks))
+
+
+def _student_error(errors: list[RankOutcome]) -> Verdict:
+    first = errors[0]
+    e = first.error
+    kind = ERROR_KINDS.get(e.get("kind", ""), Kind.EXCEPTION)
+    if kind is Kind.NOT_IMPLEMENTED or kind is Kind.MISSING or kind is Kind.SYNTAX_ERROR:
+        return fail(kind, e.get("message", ""))
+    ranks = [o.rank for o in errors]
+    who = f"rank {first.rank}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))} (first: rank {first.rank})"
+    where = f" at {e['where']}" if e.get("where") else ""
+    func = f" in {e['function']}" if e.get("function") else ""
+    if kind is Kind.EARLY_EXIT:
+        return fail(kind, f"{who}{func} called sys.exit before returning its result{where}")
+    return fail(kind, f"{who} raised {e.get('message', '')}{func}{where}", detail=e.get("traceback", ""))
+
+
+def _others(ranks: list[RankOutcome], culprit: RankOutcome) -> str:
+    waiting = [o for o in ranks if o is not culprit and o.status in ("timeout", "aborted")]
+    if not waiting:
+        return "."
+    return "; the other ranks were then stopped.\n" + waits(waiting)
+
+
+def _signal_name(code: int | None) -> str:
+    import signal
+
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"signal {-code}"
+    meaning = {signal.SIGSEGV: "segmentation fault", signal.SIGKILL: "killed, often out of memory",
+               signal.SIGABRT: "abort", signal.SIGBUS: "bus error", signal.SIGFPE: "arithmetic error"}
+    return f"{sig.name} ({meaning[sig]})" if sig in meaning else sig.name
+
+
+def _call_text(call: dict) -> str:
+    op = call.get("op", "?")
+    if "peer" in call:
+        arg = "dst" if op in ("send", "isend") else "src"
+        return f"{op}({arg}={call['peer']})"
+    return f"{op}()"
+
+
+def waits(ranks: list[RankOutcome]) -> str:
+    """One line per rank: the torch.distributed call it is blocked in, from its live trace."""
+    lines = []
+    for o in ranks:
+        pending = [c for c in o.trace if not c.get("done")]
+        if pending:
+            c = pending[-1]
+            verb = "waits for" if c.get("waiting") else "waits in"
+            lines.append(f"  rank {o.rank} {verb} {_call_text(c)}, call #{c['call']}")
+        elif o.status == "ok":
+            lines.append(f"  rank {o.rank} had returned its result")
+        elif o.trace:
+            last = o.trace[-1]
+            lines.append(f"  rank {o.rank} is not in a torch.distributed call (last: {_call_text(last)}, call "
+                         f"#{last['call']}, finished): it computes or loops")
+        else:
+            lines.append(f"  rank {o.rank} made no torch.distributed call: it computes or loops")
+    return "\n".join(lines)
+
+
+def _deadlock_hint(ranks: list[RankOutcome]) -> str:
+    pending = [[c for c in o.trace if not c.get("done")] for o in ranks]
+    blocked = [p[-1] for p in pending if p]
+    if blocked and all(c.get("op") in ("send", "recv") for c in blocked) and len(blocked) == len(ranks):
+        return ("Every rank is blocked in a point-to-point call: blocking send/recv in the same order on "
+                "every rank deadlocks a ring. Post both with isend/irecv or dist.batch_isend_irecv, then wait.")
+    if blocked and len(blocked) < len(ranks):
+        return ("Some ranks wait in a collective that the others never called: every rank of the group "
+                "must make the same collective calls in the same order.")
+    if not blocked:
+        return "No rank waits on communication: look for a loop that never ends."
+    return ""
+
+
+def totals(results: list[CaseResult]) -> dict[str, tuple[float, float, int, int]]:
+    """Per exercise: (score, max score, cases passed, cases run), skipped cases left out."""
+    out: dict[str, tuple[float, float, int, int]] = {}
+    for r in results:
+        if r.verdict.skipped:
+            continue
+        s, m, p, n = out.get(r.case.exercise, (0.0, 0.0, 0, 0))
+        out[r.case.exercise] = (s + r.score, m + r.case.points, p + r.verdict.passed, n + 1)
+    return out
+

@@ -1,0 +1,179 @@
+"""A rank process: joins a fresh process group per case, runs one check's task, sends the result up.
+
+[How a rank lives]
+The runner spawns P of these per world size and keeps them for case after
+case (importing torch is most of a fresh start). For each job a rank:
+  1. points fd 1 and 2 at this case's capture files,
+  2. starts the live trace and joins a new process group (FileStore in the
+     run's temp dir: no port to collide on),
+  3. imports the student's exercise modules afresh through the adapter and
+     runs the check's task, which calls the student's functions,
+  4. sends back the packed result (tensors on the CPU, serialised with
+     torch.save so the parent can load it with weights_only=True), or the
+     student's error with the line it came from, then leaves the group.
+The rank dies with the grader: PR_SET_PDEATHSIG kills it when its parent
+dies, and it leads its own process group so the runner can kill it and
+anything it started in one signal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import io
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KIT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@dataclass
+class RankContext:
+    """What a check's task sees in a rank: who it is, its inputs, and the student's functions."""
+
+    rank: int
+    world_size: int
+    group: Any
+    group_rank: int | None
+    group_size: int
+    device: Any
+    case: Any
+    inputs: dict
+    submission: Any
+    module: str
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def in_group(self) -> bool:
+        return self.group_rank is not None
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the exercise's function `name` with these arguments."""
+        return self.submission.call(self.module, name, *args, **kwargs)
+
+    def call_in(self, module: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.submission.call(module, name, *args, **kwargs)
+
+    def tensor(self, key: str) -> Any:
+        """An input tensor, on this rank's device."""
+        return self.inputs[key].to(self.device)
+
+
+def pack(value: Any, depth: int = 0) -> Any:
+    """Reduce a result to what the parent's weights_only loader accepts: plain CPU tensors and builtins."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if type(t) is not torch.Tensor:
+            t = t.as_subclass(torch.Tensor)
+        return t.cpu().contiguous().clone()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [pack(v, depth + 1) for v in value]
+    if depth < 4 and isinstance(value, dict):
+        return {str(k): pack(v, depth + 1) for k, v in value.items()}
+    return {"__not_a_tensor__": type(value).__name__, "repr": repr(value)[:200]}
+
+
+def _redirect(path: str, fd: int) -> None:
+    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(f, fd)
+    os.close(f)
+
+
+def _run_job(job: dict, rank: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from grader import checks, instrument
+    from grader.adapter import StudentError, Submission
+
+    world = job["world_size"]
+    backend = job["backend"]
+    device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    store = dist.FileStore(job["store_path"], world)
+    timeout = datetime.timedelta(seconds=job["pg_timeout"])
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    submission = Submission(job["submission"], job["modules"])
+    instrument.start(job["trace_path"])
+    try:
+        group, group_rank, group_size = None, rank, world
+        if job["group"]:
+            group = dist.new_group(list(job["group"]))
+            group_rank = job["group"].index(rank) if rank in job["group"] else None
+            group_size = len(job["group"])
+        inputs = torch.load(io.BytesIO(job["inputs"]), weights_only=True)[rank]
+        check = checks.get(job["exercise"], job["check"])
+        ctx = RankContext(rank=rank, world_size=world, group=group, group_rank=group_rank,
+                          group_size=group_size, device=device, case=job["case"], inputs=inputs,
+                          submission=submission, module=job["module"])
+        torch.manual_seed(job["seed"] * 1000 + rank)
+        try:
+            payload = check.task(ctx) if ctx.in_group else {}
+        except StudentError as e:
+            return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
+                    "where": e.where, "traceback": e.tb}
+        if not dist.is_initialized():
+            return {"status": "error", "kind": "exception", "function": "",
+                    "message": "the process group was destroyed during the call", "where": "", "traceback": ""}
+        return {"status": "ok", "payload": pack(payload)}
+    finally:
+        instrument.stop()
+        submission.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(conn: Any, rank: int) -> None:
+    """Entry point of a spawned rank: serve jobs from the parent until it sends None."""
+    _die_with_parent()
+    import torch
+
+    from grader import adapter, instrument
+
+    instrument.install()
+    adapter.isolate(KIT_ROOT)
+    torch.set_num_threads(1)
+    conn.send(("ready", rank))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        os.chdir(job["workdir"])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _redirect(job["stdout_path"], 1)
+        _redirect(job["stderr_path"], 2)
+        try:
+            result = _run_job(job, rank)
+        except BaseException:
+            result = {"status": "grader_error", "message": traceback.format_exc()[-2000:]}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        buf = io.BytesIO()
+        torch.save(result, buf)
+        conn.send_bytes(buf.getvalue())
