@@ -82,53 +82,70 @@ def _precheck(case: Case, exercise: Exercise, directory: Path) -> Verdict | None
     return None
 
 
+class Grader:
+    """One submission's grading session: its rank pools live as long as it does."""
+
+    def __init__(self, submission: str | Path, manifest: Manifest, *, backend: str = "auto"):
+        self.directory = locate(submission, manifest)
+        self.manifest = manifest
+        self.backend = backend
+        self.modules = [ex.module for ex in manifest.exercises]
+        self.runner = Runner()
+
+    def run(self, case: Case) -> CaseResult:
+        start = time.monotonic()
+        exercise = self.manifest.exercise(case.exercise)
+        result = self._run(case, exercise)
+        result.seconds = time.monotonic() - start
+        if not result.verdict.passed and not result.verdict.hint:
+            result.verdict.hint = exercise.hint(result.verdict.kind.name.lower())
+        return result
+
+    def _run(self, case: Case, exercise: Exercise) -> CaseResult:
+        verdict = _precheck(case, exercise, self.directory)
+        if verdict:
+            return CaseResult(case, verdict)
+        check = checks.get(case.exercise, case.check)
+        backend, skip = backend_for(case, self.backend)
+        if skip:
+            return CaseResult(case, fail(Kind.SKIPPED, skip))
+        try:
+            inputs = check.inputs(case)
+            nranks = check.ranks(case)
+            job = {"submission": str(self.directory), "modules": self.modules, "module": exercise.module,
+                   "exercise": case.exercise, "check": case.check, "case": case, "backend": backend,
+                   "group": list(case.group) if case.group and nranks > 1 else None, "seed": case.seed}
+            run = self.runner.pool(nranks).run(job, inputs, case.timeout)
+        except Exception as e:  # the kit's own failure: never charged to the student silently
+            return CaseResult(case, fail(Kind.GRADER_ERROR, f"{type(e).__name__}: {e}"))
+        verdict = diagnose(case, run)
+        if verdict is None:
+            try:
+                verdict = check.judge(case, inputs, run.ranks)
+            except Exception as e:
+                verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
+        return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks])
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Grader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, backend: str = "auto",
           on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    """Grade `cases` against the exercise files in `submission`. Fresh rank processes per call."""
-    directory = locate(submission, manifest)
-    modules = [ex.module for ex in manifest.exercises]
+    """Grade `cases` against the exercise files in `submission`, with fresh rank processes."""
     results = []
-    with Runner() as runner:
+    with Grader(submission, manifest, backend=backend) as grader:
         for case in cases:
-            start = time.monotonic()
-            exercise = manifest.exercise(case.exercise)
-            result = _grade_case(case, exercise, directory, modules, runner, backend)
-            result.seconds = time.monotonic() - start
-            if not result.verdict.passed and not result.verdict.hint:
-                result.verdict.hint = exercise.hint(result.verdict.kind.name.lower())
-            results.append(result)
+            results.append(grader.run(case))
             if on_result:
-                on_result(result)
+                on_result(results[-1])
     return results
-
-
-def _grade_case(case: Case, exercise: Exercise, directory: Path, modules: list[str], runner: Runner,
-                backend: str) -> CaseResult:
-    verdict = _precheck(case, exercise, directory)
-    if verdict:
-        return CaseResult(case, verdict)
-    check = checks.get(case.exercise, case.check)
-    chosen, skip = backend_for(case, backend)
-    if skip:
-        return CaseResult(case, fail(Kind.SKIPPED, skip))
-    try:
-        inputs = check.inputs(case)
-        nranks = check.ranks(case)
-        job = {"submission": str(directory), "modules": modules, "module": exercise.module,
-               "exercise": case.exercise, "check": case.check, "case": case, "backend": chosen,
-               "group": list(case.group) if case.group and nranks > 1 else None, "seed": case.seed}
-        run = runner.pool(nranks).run(job, inputs, case.timeout)
-    except Exception as e:  # the kit's own failure: never charge it to the student silently
-        return CaseResult(case, fail(Kind.GRADER_ERROR, f"{type(e).__name__}: {e}"))
-    output = _output(run)
-    trace = [o.trace for o in run.ranks]
-    verdict = diagnose(case, run)
-    if verdict is None:
-        try:
-            verdict = check.judge(case, inputs, run.ranks)
-        except Exception as e:
-            verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
-    return CaseResult(case, verdict, output=output, trace=trace)
 
 
 def _output(run: RunOutcome) -> str:

@@ -1,0 +1,62 @@
+"""Results in Gradescope's results.json format, written atomically.
+
+Fields used: score, execution_time, output, tests[] with name, score,
+max_score, status, output, visibility. A hidden case shows only whether it
+passed and its failure kind; its message (inputs, sizes, values) stays out of
+what students see, and its visibility is "after_published".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from grader.grading import CaseResult, totals
+
+OUTPUT_LIMIT = 8000
+
+
+def test_entry(result: CaseResult) -> dict:
+    case, v = result.case, result.verdict
+    if v.skipped:
+        output = f"Skipped: {v.message}"
+    elif v.passed:
+        output = "Passed."
+    elif case.hidden:
+        output = f"Failed ({v.kind.value}). This is a hidden case: its details are not shown."
+    else:
+        output = "\n".join(p for p in (f"Failed ({v.kind.value}).", v.message, v.detail,
+                                       f"Hint: {v.hint}" if v.hint else "") if p)
+    return {
+        "name": case.title,
+        "score": result.score,
+        "max_score": 0.0 if v.skipped else case.points,
+        "status": "passed" if v.passed else "failed",
+        "output": output[:OUTPUT_LIMIT],
+        "visibility": "after_published" if case.hidden else "visible",
+    }
+
+
+def build(results: list[CaseResult], seconds: float) -> dict:
+    per = totals(results)
+    lines = [f"{ex}: {s:g}/{m:g} points, {p}/{n} cases" for ex, (s, m, p, n) in per.items()]
+    return {
+        "score": sum(r.score for r in results),
+        "execution_time": round(seconds, 2),
+        "output": "\n".join(lines),
+        "tests": [test_entry(r) for r in results],
+    }
+
+
+def write(path: str | Path, data: dict) -> None:
+    """Write JSON so that a reader never sees half a file: temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
