@@ -1,0 +1,61 @@
+"""Shared fixtures of the kit's own tests: the manifest, temp submissions, and the process table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from grader import manifest as manifest_mod
+
+KIT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def lab():
+    return manifest_mod.load()
+
+
+def make_submission(tmp: Path, replace: dict[str, str] | None = None) -> Path:
+    """A copy of solutions/ with some files replaced by the given source texts."""
+    sub = tmp / "submission"
+    shutil.copytree(KIT / "solutions", sub, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, text in (replace or {}).items():
+        (sub / name).write_text(text)
+    return sub
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Every live process below `pid` (default: this one), read from /proc.
+
+    multiprocessing's resource tracker is left out: spawn starts one per
+    parent, once, and it ends with the parent; it runs no rank.
+    """
+    pid = pid or os.getpid()
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and not _is_resource_tracker(int(entry)):
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"multiprocessing.resource_tracker" in f.read()
+    except OSError:
+        return False

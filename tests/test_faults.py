@@ -1,0 +1,103 @@
+"""Planted faults in exercise 1: each gets its own failure kind and message, in bounded time, leaving no process."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from conftest import KIT, descendants, make_submission
+from grader.grading import grade
+from grader.verdict import Kind
+
+SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
+TIMEOUT = 6.0
+
+
+def planted(function: str, code: str) -> str:
+    """ex1's solution with `code` run first in `function`'s body."""
+    start = SOLUTION.index(f"def {function}(")
+    marker = SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
+    lines = "".join(f"    {line}\n" for line in code.strip().splitlines())
+    return SOLUTION[:marker] + lines + SOLUTION[marker:]
+
+
+FAULTS = {
+    "wrong_value": (planted("gather_sequence", "return torch.cat([x_local] * dist.get_world_size(group), dim=dim)"),
+                    "gather_zigzag", Kind.MISMATCH, "global token"),
+    "exception": (planted("gather_sequence", "return [1, 2][dist.get_rank() + 5]"),
+                  "gather_zigzag", Kind.EXCEPTION, "IndexError"),
+    "hang_in_collective": (planted("gather_sequence", "if dist.get_rank() == 0:\n    return x_local"),
+                           "gather_zigzag", Kind.TIMEOUT, "waits in all_gather()"),
+    "exit_0_in_one_rank": (planted("gather_sequence", "import os\nif dist.get_rank() == 1:\n    os._exit(0)"),
+                           "gather_zigzag", Kind.EARLY_EXIT, "rank 1 ended (exit code 0)"),
+    "segfault": (planted("gather_sequence", "import ctypes\nif dist.get_rank() == 1:\n    ctypes.string_at(0)"),
+                 "gather_zigzag", Kind.CRASHED, "SIGSEGV"),
+    "wrong_shape": (planted("sequence_shard", "return x"), "shard_zigzag", Kind.WRONG_SHAPE, "has shape (3, 16, 5)"),
+    "busy_loop": (planted("gather_sequence", "while True:\n    pass"), "gather_zigzag", Kind.TIMEOUT,
+                  "made no torch.distributed call"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_planted_fault(fault, tmp_path, lab):
+    source, case_name, kind, text = FAULTS[fault]
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": source})
+    case = next(c for c in lab.cases if c.exercise == "ex1" and c.name == case_name)
+    case = dataclasses.replace(case, timeout=TIMEOUT)
+    start = time.monotonic()
+    [result] = grade(sub, lab, [case])
+    elapsed = time.monotonic() - start
+    assert result.verdict.kind is kind, result.verdict.message
+    assert text in result.verdict.message
+    assert result.score == 0
+    # pool start-up (importing torch in every rank) plus the case's own deadline
+    assert elapsed < TIMEOUT + 45, elapsed
+    assert descendants() == []
+
+
+def test_hang_names_every_rank(tmp_path, lab):
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": FAULTS["hang_in_collective"][0]})
+    case = next(c for c in lab.cases if c.exercise == "ex1" and c.name == "gather_zigzag")
+    [result] = grade(sub, lab, [dataclasses.replace(case, timeout=TIMEOUT)])
+    message = result.verdict.message
+    assert "rank 0 had returned its result" in message
+    for rank in (1, 2, 3):
+        assert f"rank {rank} waits in all_gather(), call #1" in message
+    assert "same collective calls" in result.verdict.hint
+
+
+def test_syntax_error_fails_only_that_exercise(tmp_path, lab):
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": SOLUTION.replace("def gather_sequence(", "def gather_sequence(:", 1)})
+    ex1 = lab.select(["ex1"], hidden=False)
+    others = [c for c in lab.cases if c.exercise == "ex2" and not c.hidden][:2]
+    results = grade(sub, lab, ex1 + others)
+    for r in results[:len(ex1)]:
+        assert r.verdict.kind is Kind.SYNTAX_ERROR
+        assert "ex1_sequence_shard.py line" in r.verdict.message
+    for r in results[len(ex1):]:
+        assert r.verdict.passed, r.verdict.message
+    assert descendants() == []
+
+
+def test_missing_function_and_file(tmp_path, lab):
+    source = SOLUTION.replace("def sequence_unshard(", "def sequence_unshard_renamed(", 1)
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": source})
+    unshard = [c for c in lab.cases if c.exercise == "ex1" and c.check == "unshard"][:1]
+    [result] = grade(sub, lab, unshard)
+    assert result.verdict.kind is Kind.MISSING
+    assert "defines no function sequence_unshard" in result.verdict.message
+    (sub / "ex1_sequence_shard.py").unlink()
+    [result] = grade(sub, lab, unshard)
+    assert result.verdict.kind is Kind.MISSING
+    assert "ex1_sequence_shard.py is not in the submission" in result.verdict.message
+
+
+def test_rank_cannot_import_kit_solutions(tmp_path, lab):
+    source = planted("shard_positions", "import solutions.ex1_sequence_shard")
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": source})
+    case = next(c for c in lab.cases if c.exercise == "ex1" and c.check == "positions")
+    [result] = grade(sub, lab, [case])
+    assert result.verdict.kind is Kind.EXCEPTION
+    assert "No module named 'solutions'" in result.verdict.message
