@@ -169,9 +169,6 @@ def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
     grader_errors = [o for o in ranks if o.status == "grader_error"]
     if grader_errors:
         return fail(Kind.GRADER_ERROR, f"rank {grader_errors[0].rank}: {grader_errors[0].error.get('message', '')}")
-    errors = [o for o in ranks if o.status == "error"]
-    if errors:
-        return _student_error(errors)
     crashed = [o for o in ranks if o.status == "crashed"]
     if crashed:
         o = crashed[0]
@@ -183,6 +180,11 @@ def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
         code = f"exit code {o.exitcode}" if o.exitcode is not None else "no exit code"
         return fail(Kind.EARLY_EXIT, f"rank {o.rank} ended ({code}) before returning its result: something "
                                      f"called sys.exit or os._exit, or the interpreter died" + _others(ranks, o))
+    # A dead rank makes its peers' collectives fail ("connection closed by peer"): those errors are
+    # consequences, so the dead rank is reported first, and student exceptions only after it.
+    errors = [o for o in ranks if o.status == "error"]
+    if errors:
+        return _student_error(errors)
     if run.timed_out:
         return fail(Kind.TIMEOUT, f"the case did not finish within {case.timeout:g} s.\n" + waits(ranks),
                     hint=_deadlock_hint(ranks))

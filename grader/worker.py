@@ -107,6 +107,7 @@ def _run_job(job: dict, rank: int) -> dict:
     from grader import checks, instrument
     from grader.adapter import StudentError, Submission
 
+    _leave_group()
     world = job["world_size"]
     backend = job["backend"]
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
@@ -141,8 +142,20 @@ def _run_job(job: dict, rank: int) -> dict:
     finally:
         instrument.stop()
         submission.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def _leave_group() -> None:
+    """Leave the previous case's process group.
+
+    A rank keeps its group until the next job arrives, not just until it has
+    answered: a rank that returned early (correctly or not) must not tear its
+    connections down under ranks that still wait on it, or their honest hang
+    would surface as a misleading "connection closed by peer".
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(conn: Any, rank: int) -> None:
@@ -162,6 +175,7 @@ def main(conn: Any, rank: int) -> None:
         except EOFError:
             return
         if job is None:
+            _leave_group()
             return
         os.chdir(job["workdir"])
         sys.stdout.flush()
