@@ -85,12 +85,16 @@ def _precheck(case: Case, exercise: Exercise, directory: Path) -> Verdict | None
 class Grader:
     """One submission's grading session: its rank pools live as long as it does."""
 
-    def __init__(self, submission: str | Path, manifest: Manifest, *, backend: str = "auto"):
+    def __init__(self, submission: str | Path, manifest: Manifest, *, backend: str = "auto",
+                 runner: Runner | None = None):
         self.directory = locate(submission, manifest)
         self.manifest = manifest
         self.backend = backend
         self.modules = [ex.module for ex in manifest.exercises]
-        self.runner = Runner()
+        # A runner handed in is shared (the kit's own tests grade many trusted variants on one set
+        # of pools); submissions graded for real get their own, so no state crosses students.
+        self._owns_runner = runner is None
+        self.runner = runner or Runner()
 
     def run(self, case: Case) -> CaseResult:
         start = time.monotonic()
@@ -127,7 +131,8 @@ class Grader:
         return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks])
 
     def close(self) -> None:
-        self.runner.close()
+        if self._owns_runner:
+            self.runner.close()
 
     def __enter__(self) -> "Grader":
         return self

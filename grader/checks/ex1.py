@@ -20,8 +20,8 @@ def _tensor_shape(case: Any) -> tuple[tuple[int, ...], int]:
     return (s.get("B", 2), s["S"], s.get("F", 3)), case.params.get("dim", 1)
 
 
-def _boundary_hint(got: Any, case: Any, rank: int) -> str:
-    """Name the usual ex1 bug when the positions came back in another scheme's order."""
+def _other_scheme_hint(got: Any, case: Any, rank: int) -> str:
+    """Name the usual ex1 bug: positions that are another scheme's."""
     if not isinstance(got, torch.Tensor) or got.dim() != 1:
         return ""
     for other in reference.SCHEMES:
@@ -51,10 +51,16 @@ class Positions(Check):
         got = outcomes[0].payload["positions"]
         for r in range(case.world_size):
             want = reference.positions(case.shape["S"], r, case.world_size, case.scheme)
-            verdict = check_tensor(f"shard_positions(seq_len={case.shape['S']}, rank={r}, world_size="
-                                   f"{case.world_size}, scheme={case.scheme!r})", got[r], want, exact=True)
+            call = (f"shard_positions(seq_len={case.shape['S']}, rank={r}, world_size={case.world_size}, "
+                    f"scheme={case.scheme!r})")
+            verdict = check_tensor(call, got[r], want, exact=True)
             if verdict:
-                verdict.hint = _boundary_hint(got[r], case, r)
+                if verdict.kind is Kind.MISMATCH:
+                    verdict.message = f"{call} returned {got[r].tolist()}, expected {want.tolist()}"
+                    if sorted(got[r].tolist()) == want.tolist():
+                        verdict.message += (": the same tokens in another order; a shard lists its tokens "
+                                            "in local order (for zigzag: chunk r, then chunk 2P-1-r)")
+                verdict.hint = _other_scheme_hint(got[r], case, r) or verdict.hint
                 return verdict
         return PASS
 
