@@ -101,3 +101,41 @@ def test_rank_cannot_import_kit_solutions(tmp_path, lab):
     [result] = grade(sub, lab, [case])
     assert result.verdict.kind is Kind.EXCEPTION
     assert "No module named 'solutions'" in result.verdict.message
+
+
+def test_ranks_die_with_a_killed_grader(tmp_path):
+    """SIGKILL the grader mid-case: its ranks (PR_SET_PDEATHSIG) and what they started must go too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": FAULTS["busy_loop"][0]})
+    grader = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(sub), "--exercises", "ex1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        ranks: list[int] = []
+        while time.monotonic() < deadline and len(ranks) < 2:
+            time.sleep(0.5)
+            ranks = [p for p in descendants(grader.pid) if p != grader.pid]
+        assert len(ranks) >= 2, "the grader never started its ranks"
+        os.kill(grader.pid, signal.SIGKILL)
+        grader.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        alive = ranks
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in ranks if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
+        assert not alive, f"ranks outlived their grader: {alive}"
+    finally:
+        if grader.poll() is None:
+            grader.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
