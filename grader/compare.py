@@ -88,7 +88,7 @@ def check_tensor(name: str, got: Any, expected: torch.Tensor, *, rank: int | Non
                                    f"{_where(idx, token_dim, positions)}: expected {expected[idx].item()}, "
                                    f"got {got[idx].item()}")
     g, e = got.double(), expected.double()
-    bad = ~torch.isfinite(g) & torch.isfinite(e)
+    bad = (torch.isnan(g) & ~torch.isnan(e)) | (torch.isinf(g) & torch.isfinite(e))
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
         nans = int(torch.isnan(g).sum())

@@ -24,6 +24,9 @@ EXPECT = {
     "ex1_bug_shard_is_view": ("shard_contiguous", "not a contiguous copy"),
     "ex1_bug_no_validation": ("errors", "shard_positions(seq_len=10, rank=0, world_size=4) raised RuntimeError"),
     "ex1_bug_gather_ignores_group": ("gather_subgroup", "rank"),
+    "ex2_bug_local_index_mask": ("attention", "Mask by global positions"),
+    "ex2_bug_merge_no_max": ("merge_large_lse", "subtracted first"),
+    "ex2_bug_nan_masked_rows": ("attention_empty_rows", "sees no key must give out = 0"),
 }
 
 
