@@ -147,36 +147,42 @@ class RankPool:
         paths = {r: {k: str(case_dir / f"{k}{r}") for k in ("trace", "stdout", "stderr")}
                  for r in range(self.world_size)}
         start = time.monotonic()
-        for r, conn in enumerate(self.conns):
-            conn.send({**job, "inputs": buf.getvalue(), "world_size": self.world_size,
-                       "store_path": str(case_dir / "store"), "workdir": str(case_dir),
-                       "pg_timeout": timeout + PG_TIMEOUT_MARGIN,
-                       "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
-                       "stderr_path": paths[r]["stderr"]})
-        outcomes: dict[int, RankOutcome] = {}
-        deadline = start + timeout
-        failed_at: float | None = None
-        timed_out = False
-        while len(outcomes) < self.world_size:
-            now = time.monotonic()
-            limit = deadline if failed_at is None else min(deadline, failed_at + ERROR_GRACE)
-            if now >= limit:
-                timed_out = failed_at is None
-                break
-            pending = [r for r in range(self.world_size) if r not in outcomes]
-            ready = wait([self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
-                         min(0.1, limit - now))
-            for r in pending:
-                answer = None
-                if self.conns[r] in ready or self.conns[r].poll():
-                    answer = _read_answer(r, self.conns[r])
-                if answer is None and (self.conns[r] in ready or self.procs[r].sentinel in ready):
-                    answer = _ended(r, self.procs[r])
-                if answer is None:
-                    continue
-                outcomes[r] = answer
-                if outcomes[r].status != "ok" and failed_at is None:
-                    failed_at = time.monotonic()
+        try:
+            for r, conn in enumerate(self.conns):
+                conn.send({**job, "inputs": buf.getvalue(), "world_size": self.world_size,
+                           "store_path": str(case_dir / "store"), "workdir": str(case_dir),
+                           "pg_timeout": timeout + PG_TIMEOUT_MARGIN,
+                           "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
+                           "stderr_path": paths[r]["stderr"]})
+            outcomes: dict[int, RankOutcome] = {}
+            deadline = start + timeout
+            failed_at: float | None = None
+            timed_out = False
+            while len(outcomes) < self.world_size:
+                now = time.monotonic()
+                limit = deadline if failed_at is None else min(deadline, failed_at + ERROR_GRACE)
+                if now >= limit:
+                    timed_out = failed_at is None
+                    break
+                pending = [r for r in range(self.world_size) if r not in outcomes]
+                ready = wait([self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
+                             min(0.1, limit - now))
+                for r in pending:
+                    answer = None
+                    if self.conns[r] in ready or self.conns[r].poll():
+                        answer = _read_answer(r, self.conns[r])
+                    if answer is None and (self.conns[r] in ready or self.procs[r].sentinel in ready):
+                        answer = _ended(r, self.procs[r])
+                    if answer is None:
+                        continue
+                    outcomes[r] = answer
+                    if outcomes[r].status != "ok" and failed_at is None:
+                        failed_at = time.monotonic()
+        except BaseException:
+            # Interrupted mid-case (Ctrl-C, pytest-timeout, a notebook cell past its timeout): ranks
+            # busy in the case cannot answer a polite shutdown, so kill them now.
+            self.kill()
+            raise
         seconds = time.monotonic() - start
         clean = len(outcomes) == self.world_size and all(o.status in ("ok", "error") for o in outcomes.values())
         if not clean:
