@@ -85,18 +85,21 @@ class Submission:
 
     def call(self, module: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a student function; any exception becomes a StudentError that names the student's line."""
-        fn = self.function(module, name)
+        return self.run(f"{module.split('_')[0]} {name}", self.function(module, name), *args, **kwargs)
+
+    def run(self, label: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run code that reaches into student code (a function, or autograd's backward through it)."""
         try:
             return fn(*args, **kwargs)
         except StudentError:
             raise
         except NotImplementedError as e:
             if self._raised_in_submission(e):
-                raise StudentError("not_implemented", f"{module.split('_')[0]} {name}: not implemented yet",
-                                   function=name) from None
-            raise self.wrap(e, name) from None
+                raise StudentError("not_implemented", f"{label}: not implemented yet",
+                                   function=label.split(" ", 1)[-1]) from None
+            raise self.wrap(e, label.split(" ", 1)[-1]) from None
         except BaseException as e:
-            raise self.wrap(e, name) from None
+            raise self.wrap(e, label.split(" ", 1)[-1]) from None
 
     def _student_frames(self, exc: BaseException) -> list[traceback.FrameSummary]:
         frames = traceback.extract_tb(exc.__traceback__)

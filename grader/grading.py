@@ -33,6 +33,20 @@ class CaseResult:
     def score(self) -> float:
         return self.case.points if self.verdict.passed else 0.0
 
+    @property
+    def bonus_not_attempted(self) -> bool:
+        return self.case.bonus and self.verdict.kind is Kind.NOT_IMPLEMENTED
+
+    @property
+    def ok(self) -> bool:
+        """Nothing to fix: passed, skipped, or a bonus left alone."""
+        return self.verdict.passed or self.verdict.skipped or self.bonus_not_attempted
+
+    @property
+    def max_score(self) -> float:
+        """Bonus cases add to the score but not to the maximum; skipped cases count for nothing."""
+        return 0.0 if self.case.bonus or self.verdict.skipped else self.case.points
+
 
 class SubmissionError(ValueError):
     """A submission path the grader cannot use at all (missing, or no exercise files)."""
@@ -276,12 +290,13 @@ def _deadlock_hint(ranks: list[RankOutcome]) -> str:
 
 
 def totals(results: list[CaseResult]) -> dict[str, tuple[float, float, int, int]]:
-    """Per exercise: (score, max score, cases passed, cases run), skipped cases left out."""
+    """Per exercise: (score, max score, cases passed, cases run), skipped cases left out; bonus points
+    count in the score only, so a full score plus bonus can exceed the maximum."""
     out: dict[str, tuple[float, float, int, int]] = {}
     for r in results:
         if r.verdict.skipped:
             continue
         s, m, p, n = out.get(r.case.exercise, (0.0, 0.0, 0, 0))
-        out[r.case.exercise] = (s + r.score, m + r.case.points, p + r.verdict.passed, n + 1)
+        out[r.case.exercise] = (s + r.score, m + r.max_score, p + r.verdict.passed, n + 1)
     return out
 

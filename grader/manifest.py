@@ -175,7 +175,9 @@ def _exercise(raw: Any, defaults: dict, where: str) -> Exercise:
     if not isinstance(raw["functions"], list) or not all(isinstance(f, str) for f in raw["functions"]):
         raise ManifestError(f"{where}: 'functions' must be a list of names")
     hints = raw.get("hints") or {}
-    _only(hints, set(hints), f"{where}: hints")
+    from grader.verdict import Kind
+
+    _only(hints, {k.name.lower() for k in Kind}, f"{where}: hints")
     cases, names = [], set()
     for case_raw in raw.get("cases") or []:
         case = _case(case_raw, ex_id, defaults, where)

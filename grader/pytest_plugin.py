@@ -90,6 +90,8 @@ class CaseItem(pytest.Item):
         self.config.stash[_STATE]["results"].append(result)
         if result.verdict.skipped:
             pytest.skip(result.verdict.message)
+        if result.bonus_not_attempted:
+            pytest.skip(f"bonus, not attempted: {result.verdict.message}")
         if not result.verdict.passed:
             raise CaseFailed(result)
 

@@ -53,7 +53,10 @@ def summary(results: list[CaseResult], manifest: Manifest) -> str:
     """The self-check report: failures first (grouped by exercise), then the score table."""
     parts = []
     for r in results:
-        if not r.verdict.passed:
+        if not r.ok:
             parts.append(failure(r))
+    bonus = [r for r in results if r.bonus_not_attempted]
+    if bonus:
+        parts.append(f"{len(bonus)} bonus case(s) not attempted: " + ", ".join(r.case.title for r in bonus))
     parts.append(score_table(results, manifest))
     return "\n\n".join(parts)

@@ -24,6 +24,8 @@ def test_entry(result: CaseResult) -> dict:
         output = f"Skipped: {v.message}"
     elif v.passed:
         output = "Passed."
+    elif result.bonus_not_attempted:
+        output = f"Bonus, not attempted: {v.message}"
     elif case.hidden:
         output = f"Failed ({v.kind.value}). This is a hidden case: its details are not shown."
     else:
@@ -32,7 +34,7 @@ def test_entry(result: CaseResult) -> dict:
     return {
         "name": case.title,
         "score": result.score,
-        "max_score": 0.0 if v.skipped else case.points,
+        "max_score": result.max_score,
         "status": "passed" if v.passed else "failed",
         "output": output[:OUTPUT_LIMIT],
         "visibility": "after_published" if case.hidden else "visible",

@@ -7,6 +7,7 @@ that points at the bug.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,26 @@ EXPECT = {
     "ex2_bug_local_index_mask": ("attention", "Mask by global positions"),
     "ex2_bug_merge_no_max": ("merge_large_lse", "subtracted first"),
     "ex2_bug_nan_masked_rows": ("attention_empty_rows", "sees no key must give out = 0"),
+    "ex3_bug_local_positions_mask": ("forward_contiguous", "only at tokens that see keys held by other ranks"),
+    "ex3_bug_backward_no_reduce_scatter": ("backward_zigzag", "reduce-scatter"),
+    "ex3_bug_contiguous_positions": ("forward_zigzag", "only at tokens that see keys held by other ranks"),
+    "ex4_bug_all_to_all_wrong_dim": ("seq_to_head_zigzag", "move the head axis there first"),
+    "ex4_bug_no_heads_check": ("heads_error", "must raise ValueError naming 'heads'"),
+    "ex5_bug_blocking_send_recv": ("forward_contiguous", "rank 0 waits in send(dst=1), call #1"),
+    "ex5_bug_fake_ring_allgather": ("comm", "calls all_gather on large tensors"),
+    "ex5_bug_group_rank_peers": ("comm_subgroup", "is not part of group"),
+    "ex5_bug_keeps_all_blocks": ("memory", "must not grow with P"),
+    "ex5_bug_no_skip": ("compute_contiguous", "rank 0 computes 4.00 blocks"),
+    "ex5_bug_overwrite_no_merge": ("forward_contiguous", "only at tokens that see keys held by other ranks"),
+    "ex5_bug_reversed_ring_owner": ("comm", "in the ring it sends to rank"),
+    "ex6_bug_local_shift": ("labels_contiguous", "labels differ only at shard boundaries"),
+    "ex6_bug_rank_order_shift": ("labels_zigzag", "concatenated in rank order"),
+    "ex6_bug_mean_of_means": ("loss_uneven", "mean of per-rank means"),
+    "ex6_bug_autograd_allreduce": ("loss_contiguous", "the gradients are P times the reference"),
+    "ex6_bug_nan_empty_rank": ("loss_empty_rank", "holds no valid label (all ignore_index)"),
+    "ex7_bug_local_positions": ("step_p2", "local rotary positions"),
+    "ex7_bug_no_grad_allreduce": ("step_p2", "no all-reduce over the group"),
+    "ex7_bug_grad_average": ("step_p2", "averaged over the group, so they are P times too small"),
 }
 
 
@@ -55,6 +76,7 @@ def test_buggy_variant_loses_the_right_case(path, tmp_path, lab, runner):
     case_name, text = EXPECT[path.stem]
     ex = _exercise(path, lab)
     case = next(c for c in lab.cases if c.exercise == ex.id and c.name == case_name)
+    case = dataclasses.replace(case, timeout=min(case.timeout, 10.0))  # a deadlock shows in seconds
     sub = make_submission(tmp_path, {ex.file: path.read_text()})
     with Grader(sub, lab, runner=runner) as grader:
         result = grader.run(case)

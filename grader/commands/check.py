@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Checking {submission} on {len(cases)} public case(s)...", file=sys.stderr)
 
     def progress(r: grading.CaseResult) -> None:
-        mark = "." if r.verdict.passed else ("s" if r.verdict.skipped else "F")
+        mark = "." if r.verdict.passed else ("s" if r.ok else "F")
         print(mark, end="", file=sys.stderr, flush=True)
 
     try:
@@ -43,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(file=sys.stderr)
     print(report.summary(results, m))
-    return 0 if all(r.verdict.passed or r.verdict.skipped for r in results) else 1
+    return 0 if all(r.ok for r in results) else 1

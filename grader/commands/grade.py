@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.results_json:
         results_json.write(args.results_json, data)
     for r in results:
-        if not r.verdict.passed and not r.case.hidden:
+        if not r.ok and not r.case.hidden:
             print(report.failure(r, show_output=False))
     print(report.score_table(results, m))
     return 0

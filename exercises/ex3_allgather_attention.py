@@ -1,0 +1,79 @@
+"""Exercise 3: all-gather K/V attention, as in Llama 3's context parallelism.
+
+What is sharded: the token axis, dim 2, of q, k and v (B, H, S/P, D). Rank r
+holds the tokens at shard_positions(S, r, P, scheme), under any scheme.
+
+The idea: queries never leave their rank. Each rank all-gathers the full K and
+V (B, H, S, D) and attends its S/P queries to all S keys. The output is this
+rank's shard of the single-device output, already in place.
+
+Trade-off: the simplest correct scheme, one collective per tensor and no
+ordering subtleties, but every rank holds the full K and V: activation memory
+O(S) per rank instead of O(S/P), and the whole K/V crosses the network before
+any compute starts. Llama 3 accepts that because with grouped-query attention K
+and V are much smaller than Q; ring attention (exercise 5) removes it.
+
+The gathered tensor is in rank order, not sequence order (zigzag, striped). No
+need to reorder: give attention the true position of every gathered key, the
+concatenation of every rank's shard_positions in rank order, and mask by it.
+
+The backward of an all-gather is a reduce-scatter. Every rank's queries use
+every rank's keys, so the gradient of rank r's K shard is the sum over all
+ranks of their gradient for that slice: sum, then scatter to the owner. A
+custom torch.autograd.Function does that explicitly. (Don't reach for
+torch.distributed.nn.functional.all_gather: its backward breaks on subgroups.)
+
+Silent bugs:
+- Masking by local index, or by arange(S) for the gathered keys: right only
+  for contiguous, and then only when the query positions are right too.
+- A backward that keeps only this rank's slice of the gathered gradient:
+  drops the contributions of the other ranks' queries.
+"""
+
+import torch
+import torch.distributed as dist
+
+from ex1_sequence_shard import shard_positions
+from ex2_blockwise_attention import attention_with_lse
+
+# Recent torch names the flat-tensor collectives *_single; older releases only have the old names.
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class GatherTokens(torch.autograd.Function):
+    """All-gather along the token axis (dim 2) in rank order; backward reduce-scatters.
+
+    forward: x (B, H, S/P, D) on every rank -> (B, H, S, D), rank r's shard at
+    [r*S/P, (r+1)*S/P). backward: the gradient (B, H, S, D) of every rank is
+    summed and rank r receives the sum of its slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x, group):
+        # Step 1: all-gather into one flat buffer; collectives stack along dim 0: (P*B, H, S/P, D).
+        # Step 2: move the rank axis next to the token axis and merge them: (B, H, P*S/P, D).
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Step 1: split the token axis into (P, S/P) and move P to dim 0, contiguous: (P*B, H, S/P, D).
+        # Step 2: reduce-scatter with SUM: rank r gets the sum over ranks of slice r.
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+
+def all_gather_kv_attention(q, k, v, scheme="contiguous", group=None):
+    """Causal attention of this rank's queries over the gathered K and V.
+
+    q, k, v: (B, H, S/P, D), this rank's shards under `scheme`. A collective:
+    every rank of `group` calls it. Returns this rank's output shard
+    (B, H, S/P, D) in q's dtype. Differentiable: k.grad and v.grad receive the
+    gradients that every rank's queries send to this rank's keys.
+    """
+    # Step 1: global positions: this rank's queries, and the gathered keys (every rank's, in rank order).
+    # Step 2: gather K and V with GatherTokens: (B, H, S, D) each.
+    # Step 3: attention_with_lse, masked by those positions; return out.
+    # YOUR CODE HERE
+    raise NotImplementedError()

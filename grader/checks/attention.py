@@ -1,0 +1,388 @@
+"""The distributed attention case that ex3, ex4 and ex5 share, and its judgements.
+
+Every rank gets its shards of q, k, v (B, H, S/P, D) under the case's scheme,
+calls the student's attention, and sends back its output shard (and, in a
+backward case, the gradients of its shards for a random upstream gradient).
+The grader compares each rank with the float64 single-device causal
+attention, and explains a mismatch with evidence: a map of the error per
+rank and token block, and whether the error sits only where keys come from
+other ranks. Other modes judge what moved (the live comm record), the work
+done (FLOPs), peak live memory, and causality by perturbing the future.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grader import reference
+from grader.checks import DTYPES, Check, randn, register
+from grader.compare import check_tensor, tolerance
+from grader.probes import measure
+from grader.verdict import PASS, Kind, Verdict, fail
+
+GATHER_OPS = {"all_gather", "all_gather_into_tensor", "all_gather_single", "_all_gather_base"}
+ALL_TO_ALL_OPS = {"all_to_all", "all_to_all_single"}
+P2P_SEND, P2P_RECV = {"send", "isend"}, {"recv", "irecv"}
+SMALL = 64  # elements: flags and checks may use collectives this small
+
+
+def sizes(case: Any) -> tuple[int, int, int, int]:
+    s = case.shape
+    return s.get("B", 2), s.get("H", 4), s["S"], s.get("D", 8)
+
+
+def members(case: Any) -> tuple[int, ...]:
+    return case.group or tuple(range(case.world_size))
+
+
+def full_inputs(case: Any) -> dict[str, torch.Tensor]:
+    """q, k, v and the upstream gradient for the whole sequence, float64, seeded."""
+    b, h, s, d = sizes(case)
+    magnitude = case.params.get("magnitude", 1.0)
+    return {"q": randn(case, b, h, s, d, salt=11) * magnitude, "k": randn(case, b, h, s, d, salt=12) * magnitude,
+            "v": randn(case, b, h, s, d, salt=13), "g": randn(case, b, h, s, d, salt=14)}
+
+
+def perturbed_future(case: Any, full: dict) -> tuple[int, dict]:
+    """The cut t and k, v whose tokens after t are replaced: outputs at positions <= t must not move."""
+    s = sizes(case)[2]
+    t = case.params.get("cut", s // 2 - 1)
+    k, v = full["k"].clone(), full["v"].clone()
+    k[:, :, t + 1:] = randn(case, *k[:, :, t + 1:].shape, salt=21) * 3
+    v[:, :, t + 1:] = randn(case, *v[:, :, t + 1:].shape, salt=22) * 3
+    return t, {"k": k, "v": v}
+
+
+class DistributedAttention(Check):
+    """mode: forward | backward | comm | compute | memory | causality."""
+
+    def __init__(self, function: str, mode: str):
+        self.function, self.mode = function, mode
+
+    def inputs(self, case):
+        full = full_inputs(case)
+        dtype = DTYPES[case.dtype]
+        ranks = members(case)
+        p = len(ranks)
+        extra = {}
+        if self.mode == "causality":
+            _, extra = perturbed_future(case, full)
+        per_rank = []
+        for r in range(case.world_size):
+            if r not in ranks:
+                per_rank.append({})
+                continue
+            i = ranks.index(r)
+            shard = {name: reference.shard(t, i, p, 2, case.scheme).to(dtype if name != "g" else t.dtype)
+                     for name, t in {**full, **{f"{n}2": t for n, t in extra.items()}}.items()}
+            per_rank.append({**shard, "full_q": full["q"], "full_k": full["k"], "full_v": full["v"],
+                             "full_g": full["g"]} if r == ranks[0] else shard)
+        return per_rank
+
+    def task(self, ctx):
+        case = ctx.case
+        q, k, v = ctx.tensor("q"), ctx.tensor("k"), ctx.tensor("v")
+        call = lambda q_, k_, v_: ctx.call(self.function, q_, k_, v_, scheme=case.scheme, group=ctx.group)
+        if self.mode == "backward":
+            q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
+            out = call(q, k, v)
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return {"out": out, "no_grad": True}
+            g = ctx.tensor("g").to(out.dtype)
+            ctx.submission.run(f"{case.exercise} {self.function} backward", out.backward, g)
+            return {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
+        if self.mode == "causality":
+            first = call(q, k, v)
+            second = call(q, ctx.tensor("k2"), ctx.tensor("v2"))
+            return {"out": first, "out2": second}
+        out, found = measure(lambda: call(q, k, v), flops=self.mode == "compute",
+                             memory=self.mode == "memory", device=ctx.device)
+        return {"out": out, **found}
+
+    def judge(self, case, inputs, outcomes):
+        full = {n: inputs[members(case)[0]][f"full_{n}"] for n in ("q", "k", "v", "g")}
+        # What a case is about is judged first: a ring with the wrong peers is a communication failure
+        # even when its numbers are wrong too.
+        if self.mode == "comm":
+            verdict = COMM_JUDGES[self.function](case, outcomes)
+        elif self.mode == "compute":
+            verdict = judge_compute(case, outcomes)
+        elif self.mode == "memory":
+            verdict = judge_memory(case, outcomes)
+        else:
+            verdict = None
+        verdict = verdict or judge_outputs(case, self.function, full, outcomes)
+        if verdict is None and self.mode == "backward":
+            verdict = judge_gradients(case, self.function, full, outcomes)
+        if verdict is None and self.mode == "causality":
+            verdict = judge_causality(case, self.function, full, outcomes)
+        return verdict or PASS
+
+
+def register_attention(exercise: str, function: str, modes: tuple[str, ...]) -> None:
+    for mode in modes:
+        register(exercise, mode)(type(f"{exercise}_{mode}", (DistributedAttention,),
+                                      {"__init__": lambda self, m=mode: DistributedAttention.__init__(self, function, m)}))
+
+
+def _reference(case: Any, full: dict, grads: bool = False) -> dict:
+    """Single-device float64 output (and gradients for upstream g), computed from the inputs as cast."""
+    dtype = DTYPES[case.dtype]
+    q, k, v = (full[n].to(dtype).double().requires_grad_(grads) for n in ("q", "k", "v"))
+    out, _ = reference.causal_attention(q, k, v)
+    found = {"out": out.detach()}
+    if grads:
+        out.backward(full["g"])
+        found.update(dq=q.grad, dk=k.grad, dv=v.grad)
+    return found
+
+
+def _positions(case: Any, i: int) -> torch.Tensor:
+    return reference.positions(sizes(case)[2], i, len(members(case)), case.scheme)
+
+
+def judge_outputs(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
+    ref = _reference(case, full)["out"]
+    return _compare_sharded(case, f"{function} output", "out", ref, outcomes)
+
+
+def _compare_sharded(case: Any, name: str, key: str, ref: torch.Tensor, outcomes: list) -> Verdict | None:
+    dtype = DTYPES[case.dtype]
+    tol = tolerance(case.dtype, len(members(case)))
+    errors, first = [], None
+    for i, r in enumerate(members(case)):
+        want = reference.shard(ref, i, len(members(case)), 2, case.scheme).to(dtype)
+        got = outcomes[r].payload.get(key)
+        verdict = check_tensor(name, got, want, rank=r, tol=tol, token_dim=2, positions=_positions(case, i))
+        if verdict and verdict.kind is not Kind.MISMATCH:
+            return verdict
+        errors.append(None if verdict is None and not isinstance(got, torch.Tensor) else
+                      (got.double() - want.double()).abs().amax(dim=(0, 1, 3)))
+        first = first or verdict
+    if first is None:
+        return None
+    first.detail = error_map(case, errors, tol)
+    first.hint = diagnose_mismatch(case, errors, tol)
+    return first
+
+
+def error_map(case: Any, errors: list, tol: Any) -> str:
+    """A grid of the worst error per (rank, block of its tokens), labelled by global positions."""
+    lines = ["error per rank (rows) and block of its tokens (columns, global positions):"]
+    p = len(members(case))
+    for i, (r, err) in enumerate(zip(members(case), errors)):
+        pos = _positions(case, i)
+        n = len(pos)
+        blocks = min(4, n)
+        cells = []
+        for b in range(blocks):
+            lo, hi = b * n // blocks, (b + 1) * n // blocks
+            worst = float(err[lo:hi].max()) if err is not None else 0.0
+            label = f"{int(pos[lo])}" if hi - lo == 1 else f"{int(pos[lo])}..{int(pos[hi - 1])}"
+            mark = "ok" if worst <= tol.atol else f"{worst:.0e}"
+            cells.append(f"[{label}] {mark}")
+        lines.append(f"  rank {r}: " + "  ".join(f"{c:<18}" for c in cells))
+    if p == 1:
+        lines.append("  (one rank: every key is local)")
+    return "\n".join(lines)
+
+
+def local_only(case: Any, i: int) -> torch.Tensor:
+    """For rank i's queries: True where every key the query may see is held by rank i itself."""
+    s, p = sizes(case)[2], len(members(case))
+    owner = torch.empty(s, dtype=torch.long)
+    for j in range(p):
+        owner[_positions(case, j)] = j
+    q_pos = _positions(case, i)
+    return torch.tensor([bool((owner[: int(t) + 1] == i).all()) for t in q_pos])
+
+
+def diagnose_mismatch(case: Any, errors: list, tol: Any) -> str:
+    """Name the bug class the error pattern points at."""
+    if case.params.get("magnitude", 1.0) >= 10:
+        return ("These inputs have scores around 1e4: if the normal-scale cases pass, a max is missing "
+                "before an exp (in attention_with_lse or in the merge).")
+    local_bad = remote_bad = False
+    for i, err in enumerate(errors):
+        if err is None:
+            continue
+        bad = err > tol.atol
+        mask = local_only(case, i)
+        local_bad |= bool((bad & mask).any())
+        remote_bad |= bool((bad & ~mask).any())
+    if remote_bad and not local_bad:
+        return ("The error appears only at tokens that see keys held by other ranks; tokens that see only "
+                "their own rank's keys are right. Check the global positions you give the keys that came "
+                "from other ranks (shard_positions of the rank that owns them, in the scheme's order), the "
+                "causal mask built from them, and the merge of their partial results.")
+    if local_bad:
+        return ("Even tokens whose keys are all on their own rank are wrong: the diagonal block is. Check the "
+                "causal mask (global positions, k_pos <= q_pos), the scale 1/sqrt(D), and the layout "
+                "(B, H, S, D) of what you pass to attention.")
+    return ""
+
+
+def judge_gradients(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
+    if any(outcomes[r].payload.get("no_grad") for r in members(case)):
+        return fail(Kind.NOT_IMPLEMENTED, f"{case.exercise} {function} backward: not attempted (the output "
+                                          f"does not require grad)")
+    ref = _reference(case, full, grads=True)
+    for key, what in (("dq", "q.grad"), ("dk", "k.grad"), ("dv", "v.grad")):
+        verdict = _compare_sharded(case, what, key, ref[key], outcomes)
+        if verdict:
+            if key in ("dk", "dv") and verdict.kind is Kind.MISMATCH:
+                verdict.hint = ("k and v feed the queries of every rank: the gradient of a gathered K/V must "
+                                "be summed over the ranks and sent back to the rank that owns each token "
+                                "(a reduce-scatter, the transpose of the all-gather).")
+            elif verdict.kind is Kind.WRONG_TYPE:
+                verdict.hint = "A custom autograd.Function's backward must return one gradient per input."
+            return verdict
+    return None
+
+
+def judge_causality(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
+    t, _ = perturbed_future(case, full)
+    for i, r in enumerate(members(case)):
+        pos = _positions(case, i)
+        a, b = outcomes[r].payload.get("out"), outcomes[r].payload.get("out2")
+        if not isinstance(b, torch.Tensor) or b.shape != a.shape:
+            return fail(Kind.WRONG_SHAPE, f"rank {r}: the second call returned {type(b).__name__}")
+        for j, gpos in enumerate(pos.tolist()):
+            if gpos <= t and not torch.equal(a[:, :, j], b[:, :, j]):
+                return fail(Kind.CAUSALITY, f"rank {r}: the output at global token {gpos} changed when only the "
+                                            f"keys and values after token {t} changed: the future leaks into "
+                                            f"the past", hint="Every key block, local or received, needs the causal "
+                                            "mask from global positions; a block from a later rank must not "
+                                            "be attended unmasked.")
+    return None
+
+
+def _calls(outcome: Any) -> list[dict]:
+    return [c for c in outcome.trace if c.get("done", True)]
+
+
+def _numel(call: dict, which: int | None = None) -> int:
+    tensors = call.get("tensors") or []
+    if which is not None:
+        return tensors[which]["numel"] if len(tensors) > which else 0
+    return sum(t["numel"] for t in tensors)
+
+
+def _big(calls: list[dict]) -> list[dict]:
+    return [c for c in calls if _numel(c) > SMALL]
+
+
+def shard_numel(case: Any) -> int:
+    b, h, s, d = sizes(case)
+    return b * h * (s // len(members(case))) * d
+
+
+def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
+    for r in members(case):
+        calls = _big(_calls(outcomes[r]))
+        ops = sorted({c["op"] for c in calls})
+        p2p = [c for c in calls if c["op"] in P2P_SEND | P2P_RECV]
+        if p2p:
+            return fail(Kind.COMMUNICATION, f"rank {r} uses point-to-point ops ({', '.join(ops)}); ex3 gathers K and V "
+                                            "with all-gather")
+        gathered = sum(_numel(c, -1 if c["op"] == "all_gather" else 1) if c["op"] != "all_gather" else
+                       c["tensors"][-1]["numel"] for c in calls if c["op"] in GATHER_OPS)
+        if gathered < 2 * shard_numel(case):
+            return fail(Kind.COMMUNICATION, f"rank {r} all-gathers {gathered} elements, less than its K and V shards "
+                                            f"({2 * shard_numel(case)}): K and V must both be gathered (ops: "
+                                            f"{', '.join(ops) or 'none'})")
+    return None
+
+
+def judge_ulysses_comm(case: Any, outcomes: list) -> Verdict | None:
+    p = len(members(case))
+    for r in members(case):
+        calls = _big(_calls(outcomes[r]))
+        other = sorted({c["op"] for c in calls if c["op"] not in ALL_TO_ALL_OPS})
+        if other:
+            return fail(Kind.COMMUNICATION, f"rank {r} calls {', '.join(other)}; Ulysses moves q, k, v and the output "
+                                            "with all-to-all only")
+        moved = sum(_numel(c) // 2 for c in calls)  # each call lists its output and its input
+        want = 4 * shard_numel(case)
+        if p > 1 and moved != want:
+            return fail(Kind.COMMUNICATION, f"rank {r} passes {moved} elements through all-to-all; q, k, v in and the "
+                                            f"output back are 4 shards = {want} elements, of which (P-1)/P = "
+                                            f"{(p - 1) * want // p} leave the rank")
+    return None
+
+
+def judge_ring_comm(case: Any, outcomes: list) -> Verdict | None:
+    ranks = members(case)
+    p = len(ranks)
+    want = 2 * (p - 1) * shard_numel(case)
+    for i, r in enumerate(ranks):
+        calls = _calls(outcomes[r])
+        big = _big(calls)
+        collectives = sorted({c["op"] for c in big if c["op"] not in P2P_SEND | P2P_RECV})
+        if collectives:
+            return fail(Kind.COMMUNICATION, f"rank {r} calls {', '.join(collectives)} on large tensors; a ring moves "
+                                            "K/V by point-to-point ops only (send/recv, isend/irecv, "
+                                            "batch_isend_irecv)")
+        nxt, prv = ranks[(i + 1) % p], ranks[(i - 1) % p]
+        sends = [c for c in calls if c["op"] in P2P_SEND]
+        recvs = [c for c in calls if c["op"] in P2P_RECV]
+        wrong = [c for c in sends if c.get("peer") != nxt] + [c for c in recvs if c.get("peer") != prv]
+        if wrong:
+            c = wrong[0]
+            return fail(Kind.COMMUNICATION, f"rank {r} calls {c['op']} with peer {c.get('peer')}; in the ring it sends "
+                                            f"to rank {nxt} and receives from rank {prv} (global ranks)",
+                        hint="Inside a subgroup, peers are global ranks: dist.get_global_rank(group, (r + 1) % P).")
+        sent, received = sum(_numel(c) for c in sends), sum(_numel(c) for c in recvs)
+        if sent != want or received != want:
+            return fail(Kind.COMMUNICATION, f"rank {r} sends {sent} and receives {received} elements; the ring moves "
+                                            f"exactly 2·(P-1)·numel(K shard) = {want} each way")
+    return None
+
+
+COMM_JUDGES = {"all_gather_kv_attention": judge_allgather_comm, "ulysses_attention": judge_ulysses_comm,
+               "ring_attention": judge_ring_comm}
+
+
+def block_flops(case: Any) -> int:
+    """FLOPs of one full (S/P x S/P) attention block: two matmuls of 2·B·H·(S/P)²·D each."""
+    b, h, s, d = sizes(case)
+    n = s // len(members(case))
+    return 4 * b * h * n * n * d
+
+
+def judge_compute(case: Any, outcomes: list) -> Verdict | None:
+    ranks = members(case)
+    p = len(ranks)
+    blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in ranks]
+    text = ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(ranks, blocks))
+    if case.scheme == "contiguous":
+        over = [(r, b) for i, (r, b) in enumerate(zip(ranks, blocks)) if b > (i + 1) * 1.05]
+        if over:
+            r, b = over[0]
+            return fail(Kind.COMPUTE, f"rank {r} computes {b:.2f} blocks of attention; under contiguous sharding "
+                                      f"rank i sees only blocks 0..i, so it computes at most i+1 (blocks per rank: "
+                                      f"{text})", hint="Skip a block whose every key comes after every query: "
+                                      "min(k_pos) > max(q_pos). It costs no matmul at all.")
+        return None
+    if p > 1 and max(blocks) > 1.25 * max(min(blocks), 1e-9):
+        return fail(Kind.COMPUTE, f"the attention work is unbalanced under {case.scheme} (blocks per rank: {text}): "
+                                  f"{case.scheme} sharding gives every rank the same causal work")
+    return None
+
+
+def judge_memory(case: Any, outcomes: list) -> Verdict | None:
+    # A ring holds q, the output, two K/V buffers and one block of scores, whatever P: the kit's solution
+    # peaks near 10 shards at P = 8, a ring that keeps every block or all-gathers near 22.
+    limit = case.params.get("max_shards", 16)
+    shard_bytes = shard_numel(case) * DTYPES[case.dtype].itemsize
+    for r in members(case):
+        peak = outcomes[r].payload.get("peak_bytes", 0)
+        if peak > limit * shard_bytes:
+            return fail(Kind.MEMORY, f"rank {r} holds up to {peak / shard_bytes:.1f} K-shards' worth of tensors at "
+                                     f"once (limit {limit}); a ring keeps the current and the next K/V block "
+                                     f"only, so its memory must not grow with P = {len(members(case))}",
+                        hint="Reuse two buffers (current, next); don't keep received blocks in a list or "
+                             "all-gather them.")
+    return None

@@ -1,0 +1,82 @@
+"""Checks of exercise 4 (Ulysses): the two all-to-all layouts, the heads check, and the attention."""
+
+from __future__ import annotations
+
+import torch
+
+from grader import reference
+from grader.checks import Check, randn, register, try_call
+from grader.checks.attention import members, register_attention, sizes
+from grader.compare import check_tensor
+from grader.verdict import PASS, Kind, fail
+
+register_attention("ex4", "ulysses_attention", ("forward", "backward", "comm", "causality"))
+
+LAYOUT_HINT = ("After seq_to_head, rank r holds heads [r*H/P, (r+1)*H/P) of every token, the token axis "
+               "being the shards of ranks 0..P-1 in rank order: all_to_all_single splits and concatenates "
+               "along dim 0, so move the head axis there first (and back after).")
+
+
+def _head_sharded(full: torch.Tensor, case, i: int) -> torch.Tensor:
+    """What rank i holds after seq_to_head: its heads, every rank's token shard in rank order."""
+    p = len(members(case))
+    h = full.shape[1]
+    tokens = torch.cat(reference.shards(full, p, 2, case.scheme), dim=2)
+    return tokens[:, i * h // p:(i + 1) * h // p].contiguous()
+
+
+@register("ex4", "seq_to_head")
+class SeqToHead(Check):
+    """Both directions: seq_to_head from each rank's sequence shard, head_to_seq from the head shard."""
+
+    def inputs(self, case):
+        b, h, s, d = sizes(case)
+        x = randn(case, b, h, s, d, salt=31)
+        ranks = members(case)
+        return [{"x": x, "seq": reference.shard(x, ranks.index(r), len(ranks), 2, case.scheme),
+                 "head": _head_sharded(x, case, ranks.index(r))} if r in ranks else {}
+                for r in range(case.world_size)]
+
+    def task(self, ctx):
+        return {"to_head": ctx.call("seq_to_head", ctx.tensor("seq"), group=ctx.group),
+                "to_seq": ctx.call("head_to_seq", ctx.tensor("head"), group=ctx.group)}
+
+    def judge(self, case, inputs, outcomes):
+        ranks = members(case)
+        for i, r in enumerate(ranks):
+            x = inputs[r]
+            verdict = check_tensor("seq_to_head(x)", outcomes[r].payload["to_head"], x["head"], rank=r, exact=True)
+            if verdict:
+                verdict.hint = LAYOUT_HINT
+                return verdict
+            verdict = check_tensor("head_to_seq(x)", outcomes[r].payload["to_seq"], x["seq"], rank=r, exact=True,
+                                   token_dim=2, positions=reference.positions(x["x"].shape[2], i, len(ranks),
+                                                                              case.scheme))
+            if verdict:
+                verdict.hint = "head_to_seq is the exact inverse of seq_to_head: the same all-to-all, reversed."
+                return verdict
+        return PASS
+
+
+@register("ex4", "heads_error")
+class HeadsError(Check):
+    """H % P != 0 must raise ValueError naming heads on every rank, before any all-to-all (never a hang)."""
+
+    def inputs(self, case):
+        b, h, s, d = sizes(case)
+        return [{"x": randn(case, b, h, s // case.world_size, d, salt=32)} for _ in range(case.world_size)]
+
+    def task(self, ctx):
+        x = ctx.tensor("x")
+        return {"seq_to_head": try_call(ctx, "seq_to_head", x, group=ctx.group),
+                "ulysses_attention": try_call(ctx, "ulysses_attention", x, x, x, group=ctx.group)}
+
+    def judge(self, case, inputs, outcomes):
+        h = sizes(case)[1]
+        for r in members(case):
+            for fn, got in outcomes[r].payload.items():
+                if got.get("raised") != "ValueError" or "heads" not in got.get("message", ""):
+                    what = f"raised {got['message']}" if got.get("raised") else "returned normally"
+                    return fail(Kind.CONTRACT, f"rank {r}: {fn} with H={h} heads on P={case.world_size} ranks "
+                                               f"{what}; H % P != 0 must raise ValueError naming 'heads'")
+        return PASS

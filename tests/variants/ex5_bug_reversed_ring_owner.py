@@ -1,0 +1,194 @@
+"""Bug: the ring runs backwards (send to rank r-1, receive from r+1) while the owner of the held block is still computed as (r - t) mod P.
+
+Blocks come from rank r+t, so the mask uses the wrong positions: wrong
+numbers for P >= 3 (with P = 2 both neighbours are the same rank).
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from ex1_sequence_shard import shard_positions
+from ex2_blockwise_attention import attention_with_lse, merge_attention
+
+
+def ring_exchange(send_buf, recv_buf, group=None):
+    """Post send(send_buf -> next rank) and recv(recv_buf <- previous rank) together; return the works.
+
+    The caller waits on every returned work before it reads recv_buf or writes send_buf.
+    """
+    # Step 1: the ring neighbours (rank +- 1) % P, as global ranks.
+    # Step 2: one dist.batch_isend_irecv holding both ops.
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    send_to, recv_from = (rank - 1) % world_size, (rank + 1) % world_size
+    if group is not None:
+        send_to, recv_from = dist.get_global_rank(group, send_to), dist.get_global_rank(group, recv_from)
+    return dist.batch_isend_irecv([
+        dist.P2POp(dist.isend, send_buf, send_to, group),
+        dist.P2POp(dist.irecv, recv_buf, recv_from, group),
+    ])
+
+
+def visible_block(q_pos, k_pos):
+    """(q_start, k_stop): every causally visible (query, key) pair lies in rows [q_start:] and keys [:k_stop].
+
+    q_pos, k_pos: ascending global positions (CPU, so no device sync). k_stop == 0 means the block is hidden.
+    """
+    # Step 1: queries before the first key see nothing; keys after the last query are seen by none.
+    q_start = int((q_pos < k_pos.min()).sum())
+    k_stop = int((k_pos <= q_pos.max()).sum())
+    return q_start, k_stop
+
+
+def ring_forward(q, k, v, scheme="contiguous", group=None):
+    """Causal ring attention: (out, lse) for this rank's queries over every rank's keys.
+
+    q, k, v: (B, H, S/P, D), this rank's shards under `scheme`. Every rank of
+    `group` calls it. Returns out (B, H, S/P, D) in q's dtype and lse (B, H, S/P)
+    in the compute dtype (float64 for float64 q, else float32).
+    """
+    # Step 1: validate; this rank's query positions; out = 0 and lse = -inf in the compute dtype.
+    # Step 2: two K/V buffers: current = stack(k, v), next = empty.
+    # Step 3: for each of P steps: post the exchange (all but the last step), attend the
+    #         visible rectangle of the current block, merge it into those rows, wait, swap.
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    seq_len = q.shape[2] * world_size
+    q_pos = shard_positions(seq_len, rank, world_size, scheme)  # (S/P,) CPU, validates scheme
+    q_pos_dev = q_pos.to(q.device)
+    # Accumulate in the compute dtype: P merges in bf16 would round P times.
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q_c = q.to(cdt)
+    out = torch.zeros(q.shape, dtype=cdt, device=q.device)  # (B, H, S/P, D)
+    lse = torch.full(q.shape[:3], float("-inf"), dtype=cdt, device=q.device)  # (B, H, S/P): nothing seen yet
+    cur = torch.stack((k, v))  # (2, B, H, S/P, D): K and V travel as one message
+    nxt = torch.empty_like(cur)
+    for step in range(world_size):
+        last = step == world_size - 1
+        works = [] if last else ring_exchange(cur, nxt, group)  # in flight while we compute
+        k_pos = shard_positions(seq_len, (rank - step) % world_size, world_size, scheme)
+        q_start, k_stop = visible_block(q_pos, k_pos)
+        if k_stop > 0:  # else every key comes after every query: nothing to compute
+            blk_out, blk_lse = attention_with_lse(
+                q_c[:, :, q_start:], cur[0, :, :, :k_stop], cur[1, :, :, :k_stop],
+                q_pos_dev[q_start:], k_pos[:k_stop].to(q.device))
+            out_rows, lse_rows = merge_attention(out[:, :, q_start:], lse[:, :, q_start:], blk_out, blk_lse)
+            out[:, :, q_start:], lse[:, :, q_start:] = out_rows, lse_rows
+        if not last:
+            for work in works:
+                work.wait()
+            cur, nxt = nxt, cur  # the block just sent is no longer needed: its buffer receives next
+    return out.to(q.dtype), lse
+
+
+def attention_block_backward(dout, q, k, v, lse, delta, q_pos, k_pos, scale):
+    """One block's share of the causal attention gradients, recomputed from q, k, v and the final lse.
+
+    All in the compute dtype: dout, q (B, H, Sq, D); k, v (B, H, Sk, D);
+    lse, delta (B, H, Sq) with delta = rowsum(dout * out). Positions on q's device.
+    Returns dq (B, H, Sq, D), dk and dv (B, H, Sk, D).
+    """
+    # Step 1: probs = exp(q k^T * scale - lse), 0 where k_pos > q_pos: the final softmax on this block.
+    # Step 2: dv = probs^T dout; dprobs = dout v^T.
+    # Step 3: dscores = probs * (dprobs - delta); dq = dscores k * scale; dk = dscores^T q * scale.
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Sq, Sk)
+    scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
+    probs = torch.exp(scores - lse[..., None])  # lse is finite: every query sees its own key
+    dv = probs.transpose(-2, -1) @ dout  # (B, H, Sk, D)
+    dprobs = dout @ v.transpose(-2, -1)  # (B, H, Sq, Sk)
+    dscores = probs * (dprobs - delta[..., None])
+    dq = (dscores @ k) * scale  # (B, H, Sq, D)
+    dk = (dscores.transpose(-2, -1) @ q) * scale  # (B, H, Sk, D)
+    return dq, dk, dv
+
+
+def ring_backward(dout, q, k, v, out, lse, scheme="contiguous", group=None):
+    """Bonus: the gradients of ring_forward, over the same ring, point to point.
+
+    dout, q, k, v, out: (B, H, S/P, D); lse (B, H, S/P) from ring_forward.
+    Returns dq, dk, dv (B, H, S/P, D) in the dtypes of q, k, v: this rank's
+    shards of the single-device gradients.
+    """
+    # Step 1: delta = rowsum(dout * out); dq = 0; K/V buffers as in ring_forward.
+    # Step 2: for each of P steps: post the K/V exchange (all but the last step); this rank's
+    #         share for the visible rectangle: dq accumulates, dK/dV go into a fresh accumulator.
+    # Step 3: add the accumulator that arrived for the same block (the ranks before this one),
+    #         post it to the next rank; wait for the K/V exchange, swap.
+    # Step 4: wait for the last hop: the accumulator arriving now is this rank's own dK, dV.
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    seq_len = q.shape[2] * world_size
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    q_pos = shard_positions(seq_len, rank, world_size, scheme)
+    q_pos_dev = q_pos.to(q.device)
+    cdt = lse.dtype
+    q_c, dout_c = q.to(cdt), dout.to(cdt)
+    delta = (dout_c * out.to(cdt)).sum(dim=-1)  # (B, H, S/P)
+    dq = torch.zeros_like(q_c)
+    cur = torch.stack((k, v))  # (2, B, H, S/P, D)
+    nxt = torch.empty_like(cur)
+    grad_works = []
+    for step in range(world_size):
+        last = step == world_size - 1
+        works = [] if last else ring_exchange(cur, nxt, group)
+        k_pos = shard_positions(seq_len, (rank - step) % world_size, world_size, scheme)
+        q_start, k_stop = visible_block(q_pos, k_pos)
+        grad_kv = torch.zeros(cur.shape, dtype=cdt, device=q.device)  # (2, B, H, S/P, D): dK, dV of the held block
+        if k_stop > 0:
+            dq_blk, dk_blk, dv_blk = attention_block_backward(
+                dout_c[:, :, q_start:], q_c[:, :, q_start:],
+                cur[0, :, :, :k_stop].to(cdt), cur[1, :, :, :k_stop].to(cdt),
+                lse[:, :, q_start:], delta[:, :, q_start:],
+                q_pos_dev[q_start:], k_pos[:k_stop].to(q.device), scale)
+            dq[:, :, q_start:] += dq_blk
+            grad_kv[0, :, :, :k_stop] = dk_blk
+            grad_kv[1, :, :, :k_stop] = dv_blk
+        if world_size > 1:
+            if step > 0:
+                for work in grad_works:
+                    work.wait()
+                grad_kv += grad_recv  # the shares of the ranks this block visited before
+            grad_send, grad_recv = grad_kv, torch.empty_like(grad_kv)
+            grad_works = ring_exchange(grad_send, grad_recv, group)
+        if not last:
+            for work in works:
+                work.wait()
+            cur, nxt = nxt, cur
+    if world_size > 1:
+        for work in grad_works:
+            work.wait()
+        grad_kv = grad_recv  # P hops later: this rank's own block, every rank's share summed
+    return dq.to(q.dtype), grad_kv[0].to(k.dtype), grad_kv[1].to(v.dtype)
+
+
+class RingAttention(torch.autograd.Function):
+    """Bonus: ring_forward with a backward that runs over the ring too (ring_backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scheme, group):
+        # Step 1: ring_forward; save q, k, v, out and lse for the backward's recomputation.
+        out, lse = ring_forward(q, k, v, scheme, group)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scheme, ctx.group = scheme, group
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        # Step 1: ring_backward on the saved tensors; scheme and group get no gradient.
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ring_backward(dout, q, k, v, out, lse, ctx.scheme, ctx.group)
+        return dq, dk, dv, None, None
+
+
+def ring_attention(q, k, v, scheme="contiguous", group=None):
+    """Causal ring attention for this rank's shards.
+
+    q, k, v: (B, H, S/P, D), this rank's shards under `scheme`. Every rank of
+    `group` calls it. Returns this rank's output shard (B, H, S/P, D) in q's
+    dtype. Without the bonus the output need not require grad; with it,
+    gradients flow through RingAttention.
+    """
+    # Step 1: return the output of ring_forward.
+    #         Bonus: return RingAttention.apply(q, k, v, scheme, group) once ring_backward works.
+    return RingAttention.apply(q, k, v, scheme, group)

@@ -1,0 +1,39 @@
+"""Bug: rotary positions computed locally, torch.arange(S/P): every rank embeds its tokens as if it held the start of the sequence."""
+
+import torch
+import torch.distributed as dist
+
+from ex3_allgather_attention import all_gather_kv_attention
+from ex4_ulysses_attention import ulysses_attention
+from ex5_ring_attention import ring_attention
+from ex6_loss import sharded_cross_entropy, shift_labels
+
+ATTENTIONS = {"all_gather": all_gather_kv_attention, "ulysses": ulysses_attention, "ring": ring_attention}
+
+
+def make_attention(attention, scheme="contiguous", group=None):
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {sorted(ATTENTIONS)}, got {attention!r}")
+    fn = ATTENTIONS[attention]
+
+    def attend(q, k, v):
+        out = fn(q, k, v, scheme=scheme, group=group)
+        if q.requires_grad and not out.requires_grad:
+            raise NotImplementedError(f"attention={attention!r}: its output does not require grad "
+                                      "(for 'ring', the ex5 bonus backward is required)")
+        return out
+
+    return attend
+
+
+def cp_train_step(model, tokens, scheme="contiguous", attention="all_gather", group=None):
+    attend = make_attention(attention, scheme, group)
+    # BUG: local positions; right only when P == 1
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    logits = model(tokens, positions, attend)
+    loss = sharded_cross_entropy(logits, shift_labels(tokens, scheme=scheme, group=group), group=group)
+    loss.backward()
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, group=group)
+    return loss.detach()
