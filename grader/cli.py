@@ -14,6 +14,10 @@ COMMANDS = {
     "check": ("grader.commands.check", "self-check: public cases, a score table and hints (students)"),
     "grade": ("grader.commands.grade", "grade a submission on public and hidden cases (instructors)"),
     "stubs": ("grader.commands.stubs", "regenerate exercises/ from solutions/ (kit maintainers)"),
+    "nbgrader": ("grader.commands.nbgrader", "build or update an nbgrader course (instructors)"),
+    "release": ("grader.commands.release", "write the student bundle: stubs and public cases only (instructors)"),
+    "batch": ("grader.commands.batch", "grade a folder of submissions into a CSV, resumably (instructors)"),
+    "gradescope": ("grader.commands.gradescope", "build the Gradescope autograder zip (instructors)"),
 }
 
 BACKEND_HELP = ("torch.distributed backend: gloo runs on the CPU everywhere; nccl puts rank r on cuda:r "

@@ -1,0 +1,485 @@
+"""Batch grading of a class: one isolated process per submission, resumable, into a CSV, a summary and a plot.
+
+[How a batch runs]
+SUBMISSIONS_DIR holds one folder per student. Each student's results go to
+results/<student>.json beside the CSV, in Gradescope's format, with an
+`extra_data.cplab` record: a fingerprint of what was graded (the exercise
+files, the manifest, the selected cases, the backend, the grader's version),
+the points per exercise, the failure kinds and, when grading failed, why.
+  1. A student whose results file carries the current fingerprint is done
+     and is not graded again; a changed submission or manifest is.
+  2. Every other submission is graded by `grading.grade` in its own spawned
+     process with its own TMPDIR, so its rank pools, files and modules never
+     meet another submission's. Up to `jobs` run at once.
+  3. A worker writes its results file atomically when grading finished (or
+     raised: then score 0 and the reason). When it died or ran past its
+     limit, the batch writes that file instead: score 0, one "autograder
+     failed" test, the reason. Every student gets a row.
+  4. The CSV, summary and plot are rebuilt from the results files once every
+     student is done, so they never mix a half-finished run into a full one.
+A killed batch leaves only whole results files behind (each written to a
+temp file, then renamed); rerunning it grades what is missing.
+
+Workers are started from the batch's main thread and set PR_SET_PDEATHSIG:
+the kernel sends it when the *thread* that spawned the process exits, so a
+worker dies with the batch (SIGTERM: it closes its rank pools on the way out)
+and its ranks die with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import ctypes
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Callable
+
+import grader
+from grader import grading, results_json
+from grader.manifest import Case, Manifest
+from grader.manifest import load as load_manifest
+from grader.runner import STARTUP_TIMEOUT
+
+STOP_GRACE = 10.0  # seconds a stopped worker gets to close its rank pools before SIGKILL
+FAILED_TEST = "autograder failed"
+
+
+class BatchError(ValueError):
+    """A batch that cannot start (no submission folders, an unusable out path)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every submission of one batch is graded with."""
+
+    manifest: Path
+    exercises: tuple[str, ...] | None = None
+    backend: str = "auto"
+    #: seconds one submission may take in all; None: `default_limit` of the selected cases
+    submission_timeout: float | None = None
+
+
+@dataclass
+class Row:
+    """One student's line of the CSV."""
+
+    student: str
+    score: float
+    max_score: float
+    exercises: dict[str, float]
+    failures: list[str] = field(default_factory=list)  # the verdict kind of every failed case
+    error: str = ""                                      # why grading failed; "" when it finished
+
+    @classmethod
+    def from_results(cls, student: str, data: dict) -> "Row":
+        meta = data["extra_data"]["cplab"]
+        return cls(student, float(data["score"]), sum(m for _, m in meta["exercises"].values()),
+                   {ex: s for ex, (s, _) in meta["exercises"].items()}, list(meta["failures"]), meta["error"])
+
+
+@dataclass
+class Outcome:
+    """A finished batch: every student's row, and how many were graded in this run."""
+
+    rows: list[Row]
+    graded: int
+    skipped: int
+    maxima: dict[str, float]  # points per exercise, in manifest order
+    titles: dict[str, str]
+
+    @property
+    def exercises(self) -> list[str]:
+        return list(self.maxima)
+
+
+class Layout:
+    """Where a batch writes, all beside the CSV: results/<student>.json, logs/<student>.log, summary, plot."""
+
+    def __init__(self, out_csv: Path):
+        self.csv = out_csv
+        self.results = out_csv.parent / "results"
+        self.logs = out_csv.parent / "logs"
+        self.plot = out_csv.with_suffix(".png")
+        self.summary = out_csv.with_name(out_csv.stem + "-summary.txt")
+
+    def result(self, student: str) -> Path:
+        return self.results / f"{student}.json"
+
+    def log(self, student: str) -> Path:
+        return self.logs / f"{student}.log"
+
+
+def done(path: Path, fingerprint_: str) -> dict | None:
+    """The results file's data when it holds a finished grading of this fingerprint, else None."""
+    try:
+        data = json.loads(path.read_text())
+        return data if data["extra_data"]["cplab"]["fingerprint"] == fingerprint_ else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One submission to grade, as its worker process receives it."""
+
+    student: str
+    submission: Path
+    results: Path
+    log: Path
+    fingerprint: str
+    settings: Settings
+    parent: int  # the batch's pid: the worker leaves at once if it was orphaned before PDEATHSIG took hold
+
+
+def default_limit(cases: list[Case]) -> float:
+    """Seconds one submission may take: every case to its deadline twice over, plus one rank start-up."""
+    return 2 * sum(c.timeout for c in cases) + STARTUP_TIMEOUT
+
+
+def students(submissions: Path) -> list[str]:
+    """The student folders of SUBMISSIONS_DIR, sorted; dot-folders are left out."""
+    if not submissions.is_dir():
+        raise BatchError(f"{submissions}: not a folder of submissions")
+    names = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise BatchError(f"{submissions}: no submission folders in it (one folder per student)")
+    return names
+
+
+def fingerprint(submission: Path, manifest: Manifest, cases: list[Case], backend: str) -> str:
+    """What a result depends on; a result with another fingerprint is stale and is graded again."""
+    h = hashlib.sha256()
+    for part in (grader.__version__, backend, " ".join(c.id for c in cases)):
+        h.update(part.encode() + b"\0")
+    h.update(manifest.path.read_bytes())
+    try:
+        directory = grading.locate(submission, manifest)
+    except grading.SubmissionError:
+        h.update(b"no exercise files")
+    else:
+        for ex in manifest.exercises:
+            path = directory / ex.file
+            h.update(ex.file.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"absent") + b"\0")
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class Plan:
+    """Who is in the batch, who still needs grading, and where everything goes."""
+
+    layout: Layout
+    students: list[str]
+    todo: list[Job]
+    maxima: dict[str, float]
+    titles: dict[str, str]
+    limit: float  # seconds one submission may take
+
+
+def plan(submissions: str | Path, out_csv: str | Path, settings: Settings, *, regrade: bool = False) -> Plan:
+    """Read the manifest and the submission folders; every student without a current result is to do."""
+    submissions, out_csv = Path(submissions), Path(out_csv)
+    if out_csv.suffix.lower() != ".csv":
+        raise BatchError(f"{out_csv}: the grades file must end in .csv (the results go beside it)")
+    m = load_manifest(settings.manifest)
+    cases = m.select(list(settings.exercises) if settings.exercises else None)
+    layout = Layout(out_csv)
+    names = students(submissions)
+    todo = []
+    for s in names:
+        fp = fingerprint(submissions / s, m, cases, settings.backend)
+        if regrade or done(layout.result(s), fp) is None:
+            todo.append(Job(s, (submissions / s).resolve(), layout.result(s), layout.log(s), fp, settings,
+                            os.getpid()))
+    return Plan(layout, names, todo, _maxima(cases), {ex.id: ex.title for ex in m.exercises},
+                settings.submission_timeout or default_limit(cases))
+
+
+def execute(p: Plan, *, jobs: int = 1, on_result: Callable[[Row, int], None] | None = None) -> Outcome:
+    """Grade what the plan has to do, `jobs` at a time; every student's row. `on_result(row, students done)`."""
+    p.layout.results.mkdir(parents=True, exist_ok=True)
+    p.layout.logs.mkdir(parents=True, exist_ok=True)
+    count = len(p.students) - len(p.todo)
+
+    def finished(job: Job) -> None:
+        nonlocal count
+        count += 1
+        if on_result:
+            on_result(Row.from_results(job.student, json.loads(job.results.read_text())), count)
+
+    _schedule(p.todo, max(1, jobs), p.limit, p.maxima, finished)
+    rows = [Row.from_results(s, json.loads(p.layout.result(s).read_text())) for s in p.students]
+    return Outcome(rows, graded=len(p.todo), skipped=len(p.students) - len(p.todo), maxima=p.maxima,
+                   titles=p.titles)
+
+
+# --- one submission, in its own process -------------------------------------------------------------
+
+
+def graded_results(results: list[grading.CaseResult], exercises: list[str], seconds: float,
+                   fingerprint_: str) -> dict:
+    """results.json of a grading that finished, with the batch's record in extra_data."""
+    data = results_json.build(results, seconds)
+    per = grading.totals(results)
+    data["extra_data"] = {"cplab": {
+        "fingerprint": fingerprint_, "error": "",
+        "exercises": {ex: [per[ex][0], per[ex][1]] if ex in per else [0.0, 0.0] for ex in exercises},
+        "failures": [r.verdict.kind.value for r in results if not r.ok]}}
+    return data
+
+
+def failed_results(reason: str, maxima: dict[str, float], seconds: float, fingerprint_: str) -> dict:
+    """results.json of a grading that did not finish: score 0 and one failed test that says why."""
+    return {
+        "score": 0.0,
+        "execution_time": round(seconds, 2),
+        "output": f"Grading failed: {reason}",
+        "tests": [{"name": FAILED_TEST, "score": 0.0, "max_score": sum(maxima.values()), "status": "failed",
+                   "output": reason, "visibility": "visible"}],
+        "extra_data": {"cplab": {"fingerprint": fingerprint_, "error": reason,
+                                 "exercises": {ex: [0.0, mx] for ex, mx in maxima.items()}, "failures": []}},
+    }
+
+
+def _follow_parent(parent: int) -> None:
+    """Lead a session of our own (a terminal's Ctrl-C goes to the batch only) and die with the batch."""
+    os.setsid()
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the batch died before prctl took hold
+        os._exit(1)
+
+
+def _leave(signum: int, frame: Any) -> None:
+    # SystemExit unwinds through grading.grade, whose Grader closes the rank pools
+    sys.exit(128 + signum)
+
+
+def grade_submission(job: Job, tmp: str) -> None:
+    """A worker's whole life: grade one submission, with `tmp` as its TMPDIR, and write its results file."""
+    _follow_parent(job.parent)
+    signal.signal(signal.SIGTERM, _leave)
+    try:
+        # made here, not by the batch: a worker killed while it still imports torch leaves no folder behind
+        os.mkdir(tmp, 0o700)
+        log = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.environ["TMPDIR"] = tempfile.tempdir = tmp  # the rank processes inherit it
+        data = _grade(job)
+        # a SIGTERM from here on would leave a temp file beside the results instead of the results
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        results_json.write(job.results, data)
+    finally:
+        # the batch removes it as well, but not when the batch itself was killed: then only this runs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _grade(job: Job) -> dict:
+    m = load_manifest(job.settings.manifest)
+    cases = m.select(list(job.settings.exercises) if job.settings.exercises else None)
+    maxima = _maxima(cases)
+    start = time.monotonic()
+    try:
+        results = grading.grade(job.submission, m, cases, backend=job.settings.backend)
+    except grading.SubmissionError as e:
+        return failed_results(str(e), maxima, time.monotonic() - start, job.fingerprint)
+    except Exception as e:  # the kit's own failure: the student still gets a row, the log the traceback
+        traceback.print_exc()
+        return failed_results(f"the grader raised {type(e).__name__}: {e}", maxima, time.monotonic() - start,
+                              job.fingerprint)
+    return graded_results(results, list(maxima), time.monotonic() - start, job.fingerprint)
+
+
+def _maxima(cases: list[Case]) -> dict[str, float]:
+    """Points per exercise of the selected cases, in manifest order."""
+    out: dict[str, float] = {}
+    for c in cases:
+        out[c.exercise] = out.get(c.exercise, 0.0) + c.points
+    return out
+
+
+# --- the scheduler ----------------------------------------------------------------------------------
+
+
+def _schedule(jobs: list[Job], width: int, limit: float, maxima: dict[str, float],
+              finished: Callable[[Job], None]) -> None:
+    """Run the jobs, `width` at a time, from this (the main) thread; stop every worker on the way out."""
+    ctx = mp.get_context("spawn")
+    queue = collections.deque(jobs)
+    running: dict[int, tuple[Any, Job, str, float]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < width:
+                job = queue.popleft()
+                tmp = os.path.join(tempfile.gettempdir(), f"cplab-batch-{job.student}-{uuid.uuid4().hex[:8]}")
+                proc = ctx.Process(target=grade_submission, args=(job, tmp), name=f"cplab-batch-{job.student}")
+                proc.start()
+                running[proc.sentinel] = (proc, job, tmp, time.monotonic())
+            ready = wait(list(running), timeout=1.0)
+            for sentinel, (proc, job, tmp, started) in list(running.items()):
+                seconds = time.monotonic() - started
+                if sentinel in ready:
+                    proc.join()
+                    reason = _death(proc.exitcode, job)
+                elif seconds > limit:
+                    _stop(proc)
+                    reason = f"grading did not finish within {limit:g} s, so it was stopped"
+                else:
+                    continue
+                del running[sentinel]
+                shutil.rmtree(tmp, ignore_errors=True)
+                if done(job.results, job.fingerprint) is None:
+                    results_json.write(job.results, failed_results(reason, maxima, seconds, job.fingerprint))
+                if job.log.exists() and job.log.stat().st_size == 0:
+                    job.log.unlink()
+                finished(job)
+    finally:
+        for proc, _, tmp, _ in running.values():
+            _stop(proc)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _death(code: int | None, job: Job) -> str:
+    """Why a worker ended without writing results, from its exit code."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the grading process was killed by {name} (the submission may kill its parent process)"
+    return f"the grading process ended with exit code {code} before writing results (see {job.log})"
+
+
+def _stop(proc: Any) -> None:
+    """SIGTERM (the worker closes its rank pools), then SIGKILL after STOP_GRACE."""
+    proc.terminate()
+    proc.join(STOP_GRACE)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+# --- reports ----------------------------------------------------------------------------------------
+
+
+def write_reports(outcome: Outcome, layout: Layout) -> str:
+    """The CSV, the summary and the plot, each written whole or not at all; the summary's text."""
+    write_csv(layout.csv, outcome.rows, outcome.exercises)
+    text = summary(outcome)
+    _replace(layout.summary, (text + "\n").encode())
+    plot(outcome, layout.plot)
+    return text
+
+
+def write_csv(path: Path, rows: list[Row], exercises: list[str]) -> None:
+    """student, score, max_score, one column per exercise, error: written whole or not at all."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["student", "score", "max_score", *exercises, "error"])
+    for r in rows:
+        points = (f"{r.exercises.get(ex, 0.0):g}" for ex in exercises)
+        w.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", *points, r.error])
+    _replace(path, buf.getvalue().encode())
+
+
+def summary(outcome: Outcome) -> str:
+    """Per-exercise means, the distribution of total scores, and the most common failure kinds."""
+    rows, titles = outcome.rows, outcome.titles
+    n = len(rows)
+    best = sum(outcome.maxima.values())
+    failed = [r for r in rows if r.error]
+    lines = [f"{n} submission(s): {n - len(failed)} graded, {len(failed)} where grading failed "
+             f"({outcome.graded} graded in this run, {outcome.skipped} already done)", "",
+             "per exercise (mean over every submission):"]
+    for ex in outcome.exercises:
+        mx = outcome.maxima[ex]
+        mean = sum(r.exercises.get(ex, 0.0) for r in rows) / n
+        share = f"{mean / mx:4.0%}" if mx else "  - "
+        lines.append(f"  {ex:<6} {titles.get(ex, ''):<32} {mean:6.2f} / {mx:g}  {share}")
+    mean_total = sum(r.score for r in rows) / n
+    lines += ["", f"total scores (max {best:g}, mean {mean_total:.2f}):"]
+    bins = collections.Counter(_decile(r.score, best) for r in rows)
+    width = max(bins.values())
+    for b in range(11):
+        label = "100%" if b == 10 else f"{10 * b:>2}-{10 * b + 9}%"
+        bar = "#" * round(30 * bins[b] / width) if bins[b] else ""
+        lines.append(f"  {label:>7}  {bins[b]:4d}  {bar}".rstrip())
+    kinds = collections.Counter(k for r in rows for k in r.failures)
+    lines += ["", "most common failures (failed cases, all submissions):"]
+    lines += [f"  {count:5d}  {kind}" for kind, count in kinds.most_common(6)] or ["  none"]
+    if failed:
+        lines += ["", "grading failed:"]
+        lines += [f"  {r.student}: {r.error}" for r in failed[:20]]
+        if len(failed) > 20:
+            lines.append(f"  ... and {len(failed) - 20} more (the error column of the CSV)")
+    return "\n".join(lines)
+
+
+def _decile(score: float, best: float) -> int:
+    """0-9 for 0-9%, ..., 90-99%; 10 for full marks."""
+    if best <= 0:
+        return 0
+    share = score / best
+    return 10 if share >= 1 else min(9, int(share * 10))
+
+
+def plot(outcome: Outcome, path: Path) -> None:
+    """A PNG: one histogram of points per exercise, and one of the total."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(ex, outcome.titles.get(ex, ""), [r.exercises.get(ex, 0.0) for r in outcome.rows], outcome.maxima[ex])
+              for ex in outcome.exercises]
+    panels.append(("total", "", [r.score for r in outcome.rows], sum(outcome.maxima.values())))
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.8 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (name, title, scores, mx) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        top = mx if mx > 0 else 1.0
+        steps = max(1, min(20, round(top)))
+        # bins centred on 0, top/steps, ..., top: with integer points up to 20, one bar per score
+        edges = np.linspace(-top / steps / 2, top + top / steps / 2, steps + 2)
+        ax.hist(scores, bins=edges, color="tab:red" if name == "total" else "tab:blue", rwidth=0.85)
+        mean = sum(scores) / len(scores)
+        ax.set_title(f"{name} {title}".strip() + f"\nmean {mean:.2f} / {mx:g}", fontsize=9)
+        ax.set_xlabel("points", fontsize=8)
+        ax.set_ylabel("submissions", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"cplab: score distribution over {len(outcome.rows)} submission(s)", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _replace(path, buf.getvalue())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write bytes so that a reader never sees half a file: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,231 @@
+"""`python -m grader batch`: the right CSV for five kinds of submission; killed batches; --jobs 2 = --jobs 1.
+
+The cases are three of exercise 1's one-rank cases, so a submission costs two
+torch imports (its grading process and one rank); the hidden case has a 5 s
+deadline, which the hanging submission runs into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import KIT
+from grader import batch
+from grader.cli import main
+
+SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
+STUB = (KIT / "exercises" / "ex1_sequence_shard.py").read_text()
+RUN_LIMIT = 300  # seconds for one whole batch of five submissions on a loaded 2-core machine
+
+MANIFEST = """\
+version: 1
+defaults: {timeout: 30, points: 1}
+exercises:
+  - id: ex1
+    title: Sequence sharding
+    file: ex1_sequence_shard.py
+    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]
+    cases:
+      - {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
+      - {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}}
+      - {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
+         visibility: hidden, seed: 3, timeout: 5}
+"""
+
+CRASHED = "the grading process was killed by SIGKILL (the submission may kill its parent process)"
+EXPECTED_CSV = f"""\
+student,score,max_score,ex1,error
+crash,0,3,0,{CRASHED}
+full,3,3,3,
+hang,2,3,2,
+partial,2,3,2,
+stub,0,3,0,
+"""
+EXPECTED_FAILURES = {"crash": [], "full": [], "hang": ["timeout or deadlock"], "partial": ["wrong shape"],
+                     "stub": ["not implemented yet"] * 3}
+
+
+def planted(function: str, code: str) -> str:
+    """ex1's solution with `code` run first in `function`'s body."""
+    start = SOLUTION.index(f"def {function}(")
+    marker = SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
+    return SOLUTION[:marker] + "".join(f"    {line}\n" for line in code.strip().splitlines()) + SOLUTION[marker:]
+
+
+SUBMISSIONS = {
+    "full": SOLUTION,
+    "partial": planted("sequence_shard", "return x"),
+    "stub": STUB,
+    "hang": planted("sequence_unshard", "while True:\n    pass"),
+    # kills the process that grades it: the batch must still give it a row
+    "crash": planted("shard_positions", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
+}
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("batch")
+    (root / "manifest.yaml").write_text(MANIFEST)
+    for student, source in SUBMISSIONS.items():
+        (root / "subs" / student).mkdir(parents=True)
+        (root / "subs" / student / "ex1_sequence_shard.py").write_text(source)
+    return root
+
+
+def command(root: Path, out: str, jobs: int) -> list[str]:
+    return [sys.executable, "-m", "grader", "batch", str(root / "subs"), "--out", str(root / out / "grades.csv"),
+            "--manifest", str(root / "manifest.yaml"), "--jobs", str(jobs)]
+
+
+def marked_env(mark: str, tmp: Path) -> dict[str, str]:
+    """The batch's environment: a mark every process it starts inherits, and its own TMPDIR to check."""
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "CPLAB_TEST_MARK": mark, "TMPDIR": str(tmp)}
+
+
+def marked(mark: str) -> list[int]:
+    """Live processes whose environment carries CPLAB_TEST_MARK=mark, orphans included."""
+    needle = f"CPLAB_TEST_MARK={mark}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def left_behind(mark: str, tmp: Path, seconds: float = 30.0) -> list:
+    """Processes of the batch still alive (after a grace for orphans to die), then files in its TMPDIR."""
+    deadline = time.monotonic() + seconds
+    while (alive := marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive + sorted(p.name for p in tmp.iterdir())
+
+
+def results(out: Path) -> dict[str, dict]:
+    """Each student's results.json, less its timings."""
+    data = {}
+    for path in sorted((out / "results").glob("*.json")):
+        d = json.loads(path.read_text())
+        d.pop("execution_time")
+        data[path.stem] = d
+    return data
+
+
+@pytest.fixture(scope="module")
+def reference(lab_dir) -> Path:
+    """An uninterrupted batch, one submission at a time."""
+    mark = uuid.uuid4().hex
+    start = time.monotonic()
+    proc = subprocess.run(command(lab_dir, "ref", 1), capture_output=True, text=True, timeout=RUN_LIMIT,
+                          env=marked_env(mark, lab_dir / "ref-tmp"))
+    print(f"batch of {len(SUBMISSIONS)}, --jobs 1: {time.monotonic() - start:.1f} s")
+    assert proc.returncode == 0, proc.stderr
+    assert left_behind(mark, lab_dir / "ref-tmp") == []
+    return lab_dir / "ref"
+
+
+def test_batch_gives_every_submission_its_row(reference):
+    assert (reference / "grades.csv").read_text() == EXPECTED_CSV
+    data = results(reference)
+    assert {s: d["extra_data"]["cplab"]["failures"] for s, d in data.items()} == EXPECTED_FAILURES
+    [crash_test] = data["crash"]["tests"]
+    assert (crash_test["name"], crash_test["max_score"], crash_test["output"]) == ("autograder failed", 3, CRASHED)
+    hang = {t["name"]: t for t in data["hang"]["tests"]}["ex1 - unshard_heads P=2"]
+    assert hang["visibility"] == "after_published" and "did not finish" not in hang["output"]
+    summary = (reference / "grades-summary.txt").read_text()
+    assert "ex1    Sequence sharding" in summary and "1.40 / 3" in summary
+    assert "      3  not implemented yet" in summary and f"crash: {CRASHED}" in summary
+    assert (reference / "grades.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_batch_resumes_with_the_same_results(lab_dir, reference):
+    out = lab_dir / "killed"
+    mark = uuid.uuid4().hex
+    with open(lab_dir / "killed.log", "w") as log:
+        proc = subprocess.Popen(command(lab_dir, "killed", 2), stdout=log, stderr=subprocess.STDOUT,
+                                env=marked_env(mark, lab_dir / "killed-tmp"))
+        try:
+            deadline = time.monotonic() + RUN_LIMIT
+            while not list((out / "results").glob("*.json")) and time.monotonic() < deadline:
+                assert proc.poll() is None, (lab_dir / "killed.log").read_text()
+                time.sleep(0.1)
+        finally:
+            proc.kill()  # SIGKILL: the batch cleans up nothing; its workers and ranks must still go
+            proc.wait(timeout=30)
+    assert left_behind(mark, lab_dir / "killed-tmp") == []
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "results").glob("*.json")}
+    assert 1 <= len(kept) < len(SUBMISSIONS), kept
+    for p in (out / "results").iterdir():  # whole files only: each was renamed into place
+        json.loads(p.read_text())
+
+    again = subprocess.run(command(lab_dir, "killed", 2), capture_output=True, text=True, timeout=RUN_LIMIT,
+                           env=marked_env(mark, lab_dir / "killed-tmp"))
+    assert again.returncode == 0, again.stderr
+    assert (f"{len(SUBMISSIONS)} submission(s): {len(kept)} already graded, "
+            f"grading {len(SUBMISSIONS) - len(kept)} with 2 job(s)") in again.stderr
+    # nothing graded before the kill was graded again: same files, never rewritten
+    assert {n: ((out / "results" / n).stat().st_ino, (out / "results" / n).stat().st_mtime_ns) for n in kept} == kept
+    assert (out / "grades.csv").read_text() == (reference / "grades.csv").read_text()
+    assert results(out) == results(reference)
+    assert left_behind(mark, lab_dir / "killed-tmp") == []
+
+
+def test_sigterm_stops_the_batch_and_records_nothing_half_done(lab_dir, tmp_path):
+    (tmp_path / "subs" / "hang").mkdir(parents=True)
+    (tmp_path / "subs" / "hang" / "ex1_sequence_shard.py").write_text(SUBMISSIONS["hang"])
+    out = tmp_path / "out"
+    mark = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "grader", "batch", str(tmp_path / "subs"), "--out", str(out / "grades.csv"),
+           "--manifest", str(lab_dir / "manifest.yaml")]
+    with open(tmp_path / "batch.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=marked_env(mark, tmp_path / "tmp"))
+        try:
+            deadline = time.monotonic() + RUN_LIMIT
+            while not (out / "logs" / "hang.log").exists() and time.monotonic() < deadline:  # the worker is up
+                assert proc.poll() is None, (tmp_path / "batch.log").read_text()
+                time.sleep(0.1)
+            time.sleep(1.0)
+            proc.terminate()
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    text = (tmp_path / "batch.log").read_text()
+    assert code == 130, text
+    assert "interrupted: the finished results are in" in text
+    assert left_behind(mark, tmp_path / "tmp") == []
+    # the submission in flight is not a failure: it has no results, so the next run grades it
+    assert list((out / "results").iterdir()) == [] and not (out / "grades.csv").exists()
+
+
+def test_plan_regrades_only_what_changed(lab_dir, reference):
+    settings = batch.Settings(manifest=lab_dir / "manifest.yaml")
+    assert batch.plan(lab_dir / "subs", reference / "grades.csv", settings).todo == []
+    full = lab_dir / "subs" / "full" / "ex1_sequence_shard.py"
+    try:
+        full.write_text(SOLUTION + "\n# resubmitted\n")
+        todo = batch.plan(lab_dir / "subs", reference / "grades.csv", settings).todo
+        assert [j.student for j in todo] == ["full"]
+    finally:
+        full.write_text(SOLUTION)
+    everyone = batch.plan(lab_dir / "subs", reference / "grades.csv", settings, regrade=True).todo
+    assert [j.student for j in everyone] == sorted(SUBMISSIONS)
+
+
+def test_batch_refuses_a_folder_without_submissions(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["batch", str(tmp_path / "empty"), "--out", str(tmp_path / "g.csv")]) == 2
+    assert "no submission folders in it" in capsys.readouterr().err
+    assert not (tmp_path / "g.csv").exists()
