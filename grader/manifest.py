@@ -57,6 +57,11 @@ class Case:
         return f"{self.exercise} - {self.name} P={self.world_size}"
 
     @property
+    def members(self) -> tuple[int, ...]:
+        """The global ranks of the group the student's code is handed, in group-rank order."""
+        return self.group or tuple(range(self.world_size))
+
+    @property
     def group_size(self) -> int:
         """P as the student's code sees it: the size of the group it is handed."""
         return len(self.group) if self.group else self.world_size

@@ -33,9 +33,6 @@ def sizes(case: Any) -> tuple[int, int, int, int]:
     return s.get("B", 2), s.get("H", 4), s["S"], s.get("D", 8)
 
 
-def members(case: Any) -> tuple[int, ...]:
-    return case.group or tuple(range(case.world_size))
-
 
 def full_inputs(case: Any) -> dict[str, torch.Tensor]:
     """q, k, v and the upstream gradient for the whole sequence, float64, seeded."""
@@ -64,7 +61,7 @@ class DistributedAttention(Check):
     def inputs(self, case):
         full = full_inputs(case)
         dtype = DTYPES[case.dtype]
-        ranks = members(case)
+        ranks = case.members
         p = len(ranks)
         extra = {}
         if self.mode == "causality":
@@ -102,7 +99,7 @@ class DistributedAttention(Check):
         return {"out": out, **found}
 
     def judge(self, case, inputs, outcomes):
-        full = {n: inputs[members(case)[0]][f"full_{n}"] for n in ("q", "k", "v", "g")}
+        full = {n: inputs[case.members[0]][f"full_{n}"] for n in ("q", "k", "v", "g")}
         # What a case is about is judged first: a ring with the wrong peers is a communication failure
         # even when its numbers are wrong too.
         if self.mode == "comm":
@@ -140,7 +137,7 @@ def _reference(case: Any, full: dict, grads: bool = False) -> dict:
 
 
 def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(sizes(case)[2], i, len(members(case)), case.scheme)
+    return reference.positions(sizes(case)[2], i, len(case.members), case.scheme)
 
 
 def judge_outputs(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
@@ -150,10 +147,10 @@ def judge_outputs(case: Any, function: str, full: dict, outcomes: list) -> Verdi
 
 def _compare_sharded(case: Any, name: str, key: str, ref: torch.Tensor, outcomes: list) -> Verdict | None:
     dtype = DTYPES[case.dtype]
-    tol = tolerance(case.dtype, len(members(case)))
+    tol = tolerance(case.dtype, len(case.members))
     errors, first = [], None
-    for i, r in enumerate(members(case)):
-        want = reference.shard(ref, i, len(members(case)), 2, case.scheme).to(dtype)
+    for i, r in enumerate(case.members):
+        want = reference.shard(ref, i, len(case.members), 2, case.scheme).to(dtype)
         got = outcomes[r].payload.get(key)
         verdict = check_tensor(name, got, want, rank=r, tol=tol, token_dim=2, positions=_positions(case, i))
         if verdict and verdict.kind is not Kind.MISMATCH:
@@ -171,8 +168,8 @@ def _compare_sharded(case: Any, name: str, key: str, ref: torch.Tensor, outcomes
 def error_map(case: Any, errors: list, tol: Any) -> str:
     """A grid of the worst error per (rank, block of its tokens), labelled by global positions."""
     lines = ["error per rank (rows) and block of its tokens (columns, global positions):"]
-    p = len(members(case))
-    for i, (r, err) in enumerate(zip(members(case), errors)):
+    p = len(case.members)
+    for i, (r, err) in enumerate(zip(case.members, errors)):
         pos = _positions(case, i)
         n = len(pos)
         blocks = min(4, n)
@@ -191,7 +188,7 @@ def error_map(case: Any, errors: list, tol: Any) -> str:
 
 def local_only(case: Any, i: int) -> torch.Tensor:
     """For rank i's queries: True where every key the query may see is held by rank i itself."""
-    s, p = sizes(case)[2], len(members(case))
+    s, p = sizes(case)[2], len(case.members)
     owner = torch.empty(s, dtype=torch.long)
     for j in range(p):
         owner[_positions(case, j)] = j
@@ -225,7 +222,7 @@ def diagnose_mismatch(case: Any, errors: list, tol: Any) -> str:
 
 
 def judge_gradients(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
-    if any(outcomes[r].payload.get("no_grad") for r in members(case)):
+    if any(outcomes[r].payload.get("no_grad") for r in case.members):
         return fail(Kind.NOT_IMPLEMENTED, f"{case.exercise} {function} backward: not attempted (the output "
                                           f"does not require grad)")
     ref = _reference(case, full, grads=True)
@@ -244,7 +241,7 @@ def judge_gradients(case: Any, function: str, full: dict, outcomes: list) -> Ver
 
 def judge_causality(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
     t, _ = perturbed_future(case, full)
-    for i, r in enumerate(members(case)):
+    for i, r in enumerate(case.members):
         pos = _positions(case, i)
         a, b = outcomes[r].payload.get("out"), outcomes[r].payload.get("out2")
         if not isinstance(b, torch.Tensor) or b.shape != a.shape:
@@ -276,11 +273,11 @@ def _big(calls: list[dict]) -> list[dict]:
 
 def shard_numel(case: Any) -> int:
     b, h, s, d = sizes(case)
-    return b * h * (s // len(members(case))) * d
+    return b * h * (s // len(case.members)) * d
 
 
 def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
-    for r in members(case):
+    for r in case.members:
         calls = _big(_calls(outcomes[r]))
         ops = sorted({c["op"] for c in calls})
         p2p = [c for c in calls if c["op"] in P2P_SEND | P2P_RECV]
@@ -297,8 +294,8 @@ def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
 
 
 def judge_ulysses_comm(case: Any, outcomes: list) -> Verdict | None:
-    p = len(members(case))
-    for r in members(case):
+    p = len(case.members)
+    for r in case.members:
         calls = _big(_calls(outcomes[r]))
         other = sorted({c["op"] for c in calls if c["op"] not in ALL_TO_ALL_OPS})
         if other:
@@ -314,7 +311,7 @@ def judge_ulysses_comm(case: Any, outcomes: list) -> Verdict | None:
 
 
 def judge_ring_comm(case: Any, outcomes: list) -> Verdict | None:
-    ranks = members(case)
+    ranks = case.members
     p = len(ranks)
     want = 2 * (p - 1) * shard_numel(case)
     for i, r in enumerate(ranks):
@@ -348,12 +345,12 @@ COMM_JUDGES = {"all_gather_kv_attention": judge_allgather_comm, "ulysses_attenti
 def block_flops(case: Any) -> int:
     """FLOPs of one full (S/P x S/P) attention block: two matmuls of 2·B·H·(S/P)²·D each."""
     b, h, s, d = sizes(case)
-    n = s // len(members(case))
+    n = s // len(case.members)
     return 4 * b * h * n * n * d
 
 
 def judge_compute(case: Any, outcomes: list) -> Verdict | None:
-    ranks = members(case)
+    ranks = case.members
     p = len(ranks)
     blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in ranks]
     text = ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(ranks, blocks))
@@ -377,12 +374,12 @@ def judge_memory(case: Any, outcomes: list) -> Verdict | None:
     # peaks near 10 shards at P = 8, a ring that keeps every block or all-gathers near 22.
     limit = case.params.get("max_shards", 16)
     shard_bytes = shard_numel(case) * DTYPES[case.dtype].itemsize
-    for r in members(case):
+    for r in case.members:
         peak = outcomes[r].payload.get("peak_bytes", 0)
         if peak > limit * shard_bytes:
             return fail(Kind.MEMORY, f"rank {r} holds up to {peak / shard_bytes:.1f} K-shards' worth of tensors at "
                                      f"once (limit {limit}); a ring keeps the current and the next K/V block "
-                                     f"only, so its memory must not grow with P = {len(members(case))}",
+                                     f"only, so its memory must not grow with P = {len(case.members)}",
                         hint="Reuse two buffers (current, next); don't keep received blocks in a list or "
                              "all-gather them.")
     return None

@@ -132,7 +132,7 @@ class Gather(Check):
     def inputs(self, case):
         shape, dim = _tensor_shape(case)
         x = randn(case, *shape)
-        members = case.group or tuple(range(case.world_size))
+        members = case.members
         parts = reference.shards(x, len(members), dim, case.scheme)
         return [{"x": x, "local": parts[members.index(r)] if r in members else x[:0]}
                 for r in range(case.world_size)]
@@ -146,7 +146,7 @@ class Gather(Check):
     def judge(self, case, inputs, outcomes):
         _, dim = _tensor_shape(case)
         x = inputs[0]["x"]
-        members = case.group or tuple(range(case.world_size))
+        members = case.members
         for r in members:
             verdict = check_tensor("gather_sequence(x_local)", outcomes[r].payload["full"], x, rank=r,
                                    token_dim=dim, positions=range(x.shape[dim]), exact=True)

@@ -6,7 +6,7 @@ import torch
 
 from grader import reference
 from grader.checks import Check, randn, register, try_call
-from grader.checks.attention import members, register_attention, sizes
+from grader.checks.attention import register_attention, sizes
 from grader.compare import check_tensor
 from grader.verdict import PASS, Kind, fail
 
@@ -19,7 +19,7 @@ LAYOUT_HINT = ("After seq_to_head, rank r holds heads [r*H/P, (r+1)*H/P) of ever
 
 def _head_sharded(full: torch.Tensor, case, i: int) -> torch.Tensor:
     """What rank i holds after seq_to_head: its heads, every rank's token shard in rank order."""
-    p = len(members(case))
+    p = len(case.members)
     h = full.shape[1]
     tokens = torch.cat(reference.shards(full, p, 2, case.scheme), dim=2)
     return tokens[:, i * h // p:(i + 1) * h // p].contiguous()
@@ -32,7 +32,7 @@ class SeqToHead(Check):
     def inputs(self, case):
         b, h, s, d = sizes(case)
         x = randn(case, b, h, s, d, salt=31)
-        ranks = members(case)
+        ranks = case.members
         return [{"x": x, "seq": reference.shard(x, ranks.index(r), len(ranks), 2, case.scheme),
                  "head": _head_sharded(x, case, ranks.index(r))} if r in ranks else {}
                 for r in range(case.world_size)]
@@ -42,7 +42,7 @@ class SeqToHead(Check):
                 "to_seq": ctx.call("head_to_seq", ctx.tensor("head"), group=ctx.group)}
 
     def judge(self, case, inputs, outcomes):
-        ranks = members(case)
+        ranks = case.members
         for i, r in enumerate(ranks):
             x = inputs[r]
             verdict = check_tensor("seq_to_head(x)", outcomes[r].payload["to_head"], x["head"], rank=r, exact=True)
@@ -73,7 +73,7 @@ class HeadsError(Check):
 
     def judge(self, case, inputs, outcomes):
         h = sizes(case)[1]
-        for r in members(case):
+        for r in case.members:
             for fn, got in outcomes[r].payload.items():
                 if got.get("raised") != "ValueError" or "heads" not in got.get("message", ""):
                     what = f"raised {got['message']}" if got.get("raised") else "returned normally"

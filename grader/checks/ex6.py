@@ -33,9 +33,6 @@ AUTOGRAD_HINT = ("An all-reduce inside autograd (a differentiable collective, or
                  "detached numbers; take the gradient from local_sum / global_count.")
 
 
-def members(case: Any) -> tuple[int, ...]:
-    return case.group or tuple(range(case.world_size))
-
 
 def _sizes(case: Any) -> tuple[int, int, int]:
     s = case.shape
@@ -68,16 +65,16 @@ def _labels(case: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(_sizes(case)[1], i, len(members(case)), case.scheme)
+    return reference.positions(_sizes(case)[1], i, len(case.members), case.scheme)
 
 
 def _shard(case: Any, x: torch.Tensor, i: int) -> torch.Tensor:
-    return reference.shard(x, i, len(members(case)), 1, case.scheme)
+    return reference.shard(x, i, len(case.members), 1, case.scheme)
 
 
 def _per_rank(case: Any, make: Any) -> list[dict]:
     """One input dict per global rank: `make(i)` for the i-th member of the group, {} for the others."""
-    ranks = members(case)
+    ranks = case.members
     return [make(ranks.index(r)) if r in ranks else {} for r in range(case.world_size)]
 
 
@@ -98,7 +95,7 @@ def _local_shift(shard: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 def _rank_order_shift(case: Any, tokens: torch.Tensor, i: int) -> torch.Tensor:
     """The bug: the shards concatenated in rank order (not sequence order), shifted by one."""
-    p = len(members(case))
+    p = len(case.members)
     concat = torch.cat([_shard(case, tokens, j) for j in range(p)]
                        + [tokens.new_full((tokens.shape[0], 1), _ignore(case))], dim=1)
     n = tokens.shape[1] // p
@@ -114,7 +111,7 @@ def _boundaries(pos: torch.Tensor) -> set[int]:
 def _explain_labels(case: Any, tokens: torch.Tensor, got: dict, want: dict) -> tuple[str, str]:
     """(evidence, hint) for wrong labels, from what the usual bugs would have returned."""
     ii = _ignore(case)
-    ranks = members(case)
+    ranks = case.members
     same = lambda r, t: isinstance(got[r], torch.Tensor) and got[r].shape == t.shape and torch.equal(got[r], t)
     wrong, at_boundary = set(), True
     for i, r in enumerate(ranks):
@@ -161,7 +158,7 @@ class Labels(Check):
     def judge(self, case, inputs, outcomes):
         tokens = _tokens(case)
         full = reference.next_token_labels(tokens, _ignore(case))
-        ranks = members(case)
+        ranks = case.members
         got = {r: outcomes[r].payload.get("labels") for r in ranks}
         want = {r: _shard(case, full, i) for i, r in enumerate(ranks)}
         for i, r in enumerate(ranks):
@@ -200,7 +197,7 @@ def _reference_loss(logits: torch.Tensor, labels: torch.Tensor, ii: int) -> tupl
 def _local_means(case: Any, logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor | None]:
     """Each rank's mean over its own valid labels (None where it holds none), in float64."""
     out = []
-    for i in range(len(members(case))):
+    for i in range(len(case.members)):
         lab = _shard(case, labels, i)
         if (lab != _ignore(case)).any():
             out.append(reference.cross_entropy(_shard(case, logits, i), lab, _ignore(case)))
@@ -218,7 +215,7 @@ def _grad_tolerance(case: Any, grad: torch.Tensor) -> Tolerance:
     up to ~0.8% of that scale off float64 (measured); the bfloat16 tolerance is 1.6% at P = 1, growing
     with P, so it is a fair margin and still far from a gradient P times too large.
     """
-    tol = tolerance(case.dtype, len(members(case)))
+    tol = tolerance(case.dtype, len(case.members))
     return Tolerance(rtol=tol.rtol, atol=tol.atol * float(grad.abs().max()))
 
 
@@ -233,7 +230,7 @@ def _ratio(got: list[torch.Tensor], want: list[torch.Tensor]) -> tuple[float, fl
 def _explain_loss(case: Any, losses: dict, ref: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                   tol: Tolerance) -> tuple[str, str]:
     """(evidence, hint) for a loss value that is wrong on some rank."""
-    ranks = members(case)
+    ranks = case.members
     values = {r: float(losses[r].double()) for r in ranks}
     close = lambda a, b: abs(a - b) <= tol.atol + tol.rtol * abs(b)
     means = _local_means(case, logits, labels)
@@ -261,7 +258,7 @@ def _explain_loss(case: Any, losses: dict, ref: torch.Tensor, logits: torch.Tens
 def _explain_grad(case: Any, got: list, want: list, logits: torch.Tensor, labels: torch.Tensor,
                   tol: Tolerance) -> tuple[str, str]:
     """(evidence, hint) for a wrong logits.grad: a factor P or 1/P, or the gradient of a local mean."""
-    p = len(members(case))
+    p = len(case.members)
     if not all(isinstance(g, torch.Tensor) and g.shape == w.shape for g, w in zip(got, want)):
         return "", ""
     c, resid = _ratio(got, want)
@@ -306,7 +303,7 @@ class Loss(Check):
         return {"loss": loss, "grad": logits.grad}
 
     def judge(self, case, inputs, outcomes):
-        ranks = members(case)
+        ranks = case.members
         dtype = DTYPES[case.dtype]
         logits = _logits(case)
         labels = _labels(case, _tokens(case))
@@ -388,7 +385,7 @@ class Errors(Check):
 
     def judge(self, case, inputs, outcomes):
         expected = {call: arg for call, (_, _, arg) in BAD_LABELS.items()}
-        for r in members(case):
+        for r in case.members:
             verdict = judge_value_errors(outcomes[r].payload, expected)
             if verdict:
                 verdict.message = f"rank {r}: {verdict.message}"

@@ -38,10 +38,6 @@ REDUCE_HINT = ("After backward each rank's .grad holds what its own tokens contr
                "already divides by the global token count, so do not average).")
 
 
-def members(case: Any) -> tuple[int, ...]:
-    return case.group or tuple(range(case.world_size))
-
-
 def _sizes(case: Any) -> tuple[int, int]:
     return case.shape.get("B", 2), case.shape["S"]
 
@@ -57,7 +53,7 @@ def _tokens(case: Any) -> torch.Tensor:
 
 
 def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(_sizes(case)[1], i, len(members(case)), case.scheme)
+    return reference.positions(_sizes(case)[1], i, len(case.members), case.scheme)
 
 
 def _attention(case: Any) -> str:
@@ -72,7 +68,7 @@ class Truth:
 
     def __init__(self, case: Any):
         self.case = case
-        self.p = len(members(case))
+        self.p = len(case.members)
         self.tokens = _tokens(case)
         model = self._model()
         self.loss = reference_train_step(model, self.tokens)
@@ -184,7 +180,7 @@ def _ratio(got: list[torch.Tensor], want: list[torch.Tensor]) -> tuple[float, fl
 
 def _explain_loss(case: Any, truth: Truth, values: dict[int, float], tol: Tolerance) -> tuple[str, str]:
     """(evidence, hint) for a loss that differs from the reference on some rank."""
-    ranks = members(case)
+    ranks = case.members
     close = lambda a, b: abs(a - b) <= tol.atol + tol.rtol * abs(b)
     if any(not close(values[r], values[ranks[0]]) for r in ranks):
         text = ", ".join(f"rank {r}: {values[r]:.6g}" for r in ranks)
@@ -208,7 +204,7 @@ def _explain_loss(case: Any, truth: Truth, values: dict[int, float], tol: Tolera
 
 def _explain_grads(case: Any, truth: Truth, got: dict[int, dict], tol: Tolerance) -> tuple[str, str]:
     """(evidence, hint) for parameter gradients that differ from the reference."""
-    ranks = members(case)
+    ranks = case.members
     names = truth.names
     if not all(isinstance(got[r].get(n), torch.Tensor) and got[r][n].shape == truth.grads[n].shape
                for r in ranks for n in names):
@@ -245,7 +241,7 @@ class Step(Check):
 
     def inputs(self, case):
         tokens = _tokens(case)
-        ranks = members(case)
+        ranks = case.members
         return [{"tokens": reference.shard(tokens, ranks.index(r), len(ranks), 1, case.scheme)} if r in ranks
                 else {} for r in range(case.world_size)]
 
@@ -273,7 +269,7 @@ class Step(Check):
                 "changed": [n for (n, p), b in zip(named, before) if not torch.equal(p.detach(), b)]}
 
     def judge(self, case, inputs, outcomes):
-        ranks = members(case)
+        ranks = case.members
         payloads = {r: outcomes[r].payload for r in ranks}
         attention = _attention(case)
         stuck = [r for r in ranks if payloads[r].get("ring_not_attempted")]
@@ -370,7 +366,7 @@ class Errors(Check):
                                    attention="flash", group=ctx.group)}
 
     def judge(self, case, inputs, outcomes):
-        for r in members(case):
+        for r in case.members:
             verdict = judge_value_errors(outcomes[r].payload, {self.BAD: "attention"})
             if verdict:
                 verdict.message = f"rank {r}: {verdict.message}"
