@@ -24,6 +24,7 @@ BACKEND_HELP = ("torch.distributed backend: gloo runs on the CPU everywhere; ncc
                 "and skips cases with more ranks than GPUs; auto uses nccl for a case only when there is "
                 "a GPU per rank (default: auto)")
 MANIFEST_HELP = "the lab manifest (default: the kit's lab_manifest.yaml)"
+EXERCISES_HELP = "grade only these exercises, e.g. ex1 ex3 (default: all)"
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

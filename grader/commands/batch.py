@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from grader import batch, manifest
-from grader.cli import add_common
+from grader.cli import EXERCISES_HELP, add_common
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -19,8 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the CSV to write; results/<student>.json, logs/, a summary and a PNG go beside it")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="submissions graded at once, each in its own process with its own ranks (default: 1)")
-    p.add_argument("--exercises", nargs="*", default=None, metavar="EXERCISE",
-                   help="grade only these exercises (default: all)")
+    p.add_argument("--exercises", nargs="*", default=None, metavar="EXERCISE", help=EXERCISES_HELP)
     p.add_argument("--regrade", action="store_true",
                    help="grade every submission again, even those whose results are current")
     p.add_argument("--submission-timeout", type=float, default=None, metavar="SECONDS",

@@ -7,7 +7,7 @@ import sys
 import time
 
 from grader import grading, manifest, report, results_json
-from grader.cli import add_common
+from grader.cli import EXERCISES_HELP, add_common
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -15,8 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="folder holding the exercise files, directly or under exercises/")
     p.add_argument("--results-json", metavar="FILE", default=None,
                    help="write the results in Gradescope's results.json format to FILE")
-    p.add_argument("--exercises", nargs="*", default=None, metavar="EXERCISE",
-                   help="grade only these exercises (default: all)")
+    p.add_argument("--exercises", nargs="*", default=None, metavar="EXERCISE", help=EXERCISES_HELP)
     p.add_argument("--public-only", action="store_true", help="leave out the hidden cases")
     add_common(p)
 
