@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from grader import grading
     from grader.manifest import Exercise, Manifest
 
 WRITEFILE = "%%writefile"

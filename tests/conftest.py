@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from grader import manifest as manifest_mod
 
 KIT = Path(__file__).resolve().parent.parent
+EX1_SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +61,33 @@ def _is_resource_tracker(pid: int) -> bool:
             return b"multiprocessing.resource_tracker" in f.read()
     except OSError:
         return False
+
+
+def planted(function: str, code: str) -> str:
+    """ex1's solution with `code` run first in `function`'s body: a fault planted in a known-good file."""
+    start = EX1_SOLUTION.index(f"def {function}(")
+    marker = EX1_SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
+    lines = "".join(f"    {line}\n" for line in code.strip().splitlines())
+    return EX1_SOLUTION[:marker] + lines + EX1_SOLUTION[marker:]
+
+
+def marked(mark: str) -> list[int]:
+    """Live processes whose environment carries CPLAB_TEST_MARK=mark: a test's whole tree, orphans included."""
+    needle = f"CPLAB_TEST_MARK={mark}".encode()
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def still_marked(mark: str, seconds: float = 30.0) -> list[int]:
+    """The marked processes still alive after a grace for orphans to die."""
+    deadline = time.monotonic() + seconds
+    while (alive := marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KIT
+from conftest import EX1_SOLUTION as SOLUTION, KIT, planted, still_marked
 from grader import batch
 from grader.cli import main
 
-SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
 STUB = (KIT / "exercises" / "ex1_sequence_shard.py").read_text()
 RUN_LIMIT = 300  # seconds for one whole batch of five submissions on a loaded 2-core machine
 
@@ -51,13 +50,6 @@ stub,0,3,0,
 """
 EXPECTED_FAILURES = {"crash": [], "full": [], "hang": ["timeout or deadlock"], "partial": ["wrong shape"],
                      "stub": ["not implemented yet"] * 3}
-
-
-def planted(function: str, code: str) -> str:
-    """ex1's solution with `code` run first in `function`'s body."""
-    start = SOLUTION.index(f"def {function}(")
-    marker = SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
-    return SOLUTION[:marker] + "".join(f"    {line}\n" for line in code.strip().splitlines()) + SOLUTION[marker:]
 
 
 SUBMISSIONS = {
@@ -91,27 +83,9 @@ def marked_env(mark: str, tmp: Path) -> dict[str, str]:
     return {**os.environ, "CPLAB_TEST_MARK": mark, "TMPDIR": str(tmp)}
 
 
-def marked(mark: str) -> list[int]:
-    """Live processes whose environment carries CPLAB_TEST_MARK=mark, orphans included."""
-    needle = f"CPLAB_TEST_MARK={mark}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 def left_behind(mark: str, tmp: Path, seconds: float = 30.0) -> list:
     """Processes of the batch still alive (after a grace for orphans to die), then files in its TMPDIR."""
-    deadline = time.monotonic() + seconds
-    while (alive := marked(mark)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return alive + sorted(p.name for p in tmp.iterdir())
+    return still_marked(mark, seconds) + sorted(p.name for p in tmp.iterdir())
 
 
 def results(out: Path) -> dict[str, dict]:

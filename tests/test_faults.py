@@ -7,20 +7,11 @@ import time
 
 import pytest
 
-from conftest import KIT, descendants, make_submission
+from conftest import EX1_SOLUTION as SOLUTION, descendants, make_submission, planted
 from grader.grading import grade
 from grader.verdict import Kind
 
-SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
 TIMEOUT = 6.0
-
-
-def planted(function: str, code: str) -> str:
-    """ex1's solution with `code` run first in `function`'s body."""
-    start = SOLUTION.index(f"def {function}(")
-    marker = SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
-    lines = "".join(f"    {line}\n" for line in code.strip().splitlines())
-    return SOLUTION[:marker] + lines + SOLUTION[marker:]
 
 
 FAULTS = {

@@ -8,14 +8,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import KIT
+from conftest import EX1_SOLUTION as SOLUTION, still_marked
 from grader import gradescope
 from grader import manifest as manifest_mod
 from grader.cli import main
@@ -34,7 +33,6 @@ exercises:
       - {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
          visibility: hidden, seed: 3, points: 2}
 """
-SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
 RUN_LIMIT = 240  # seconds for one run_autograder on a loaded 2-core machine
 STATUSES = {"passed", "failed"}
 VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}
@@ -84,7 +82,7 @@ def run_autograder(autograder: Path, files: dict[str, str], script: Path | None 
     proc = subprocess.run([str(script or autograder / "run_autograder")], cwd=autograder, env=env,
                           capture_output=True, text=True, timeout=RUN_LIMIT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert gone(mark), "run_autograder left processes behind"
+    assert not still_marked(mark), "run_autograder left processes behind"
     assert sorted(p.name for p in (autograder / "results").iterdir()) == ["results.json"]
     data = json.loads((autograder / "results" / "results.json").read_text())
     assert isinstance(data["score"], (int, float)) and isinstance(data["execution_time"], (int, float))
@@ -94,24 +92,6 @@ def run_autograder(autograder: Path, files: dict[str, str], script: Path | None 
     assert data["score"] == sum(t["score"] for t in data["tests"])
     assert data["stdout_visibility"] == "hidden"  # the grader's own output is for the course staff
     return data
-
-
-def gone(mark: str, seconds: float = 30.0) -> bool:
-    """Whether every process whose environment carries CPLAB_TEST_MARK=mark has ended (orphans included)."""
-    needle = f"CPLAB_TEST_MARK={mark}".encode()
-    deadline = time.monotonic() + seconds
-    while True:
-        alive = []
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        alive.append(entry)
-            except OSError:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return not alive
-        time.sleep(0.2)
 
 
 def test_good_submission_gets_full_marks(autograder):

@@ -9,7 +9,7 @@ import torch
 from grader import reference
 from grader.checks import Check, judge_value_errors, randn, register, try_call
 from grader.compare import check_tensor
-from grader.verdict import PASS, Kind, Verdict, fail
+from grader.verdict import PASS, Kind, fail
 
 
 def _tensor_shape(case: Any) -> tuple[tuple[int, ...], int]:
