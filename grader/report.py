@@ -50,11 +50,18 @@ def _cap(text: str, limit: int) -> str:
 
 
 def summary(results: list[CaseResult], manifest: Manifest) -> str:
-    """The self-check report: failures first (grouped by exercise), then the score table."""
-    parts = []
+    """The self-check report: the first failure of each exercise in full, the others in a line each,
+    then the score table. One bug usually fails several cases; its first report is the lesson."""
+    parts, shown = [], set()
     for r in results:
-        if not r.ok:
+        if r.ok:
+            continue
+        if r.case.exercise not in shown:
+            shown.add(r.case.exercise)
             parts.append(failure(r))
+        else:
+            first = r.verdict.message.splitlines()[0] if r.verdict.message else ""
+            parts[-1] += f"\nFAIL {r.case.title}  [{r.verdict.kind.value}]  {textwrap.shorten(first, 100)}"
     bonus = [r for r in results if r.bonus_not_attempted]
     if bonus:
         parts.append(f"{len(bonus)} bonus case(s) not attempted: " + ", ".join(r.case.title for r in bonus))

@@ -177,13 +177,20 @@ def error_map(case: Any, errors: list, tol: Any) -> str:
         for b in range(blocks):
             lo, hi = b * n // blocks, (b + 1) * n // blocks
             worst = float(err[lo:hi].max()) if err is not None else 0.0
-            label = f"{int(pos[lo])}" if hi - lo == 1 else f"{int(pos[lo])}..{int(pos[hi - 1])}"
+            label = _span(pos[lo:hi].tolist())
             mark = "ok" if worst <= tol.atol else f"{worst:.0e}"
             cells.append(f"[{label}] {mark}")
         lines.append(f"  rank {r}: " + "  ".join(f"{c:<18}" for c in cells))
     if p == 1:
         lines.append("  (one rank: every key is local)")
     return "\n".join(lines)
+
+
+def _span(positions: list[int]) -> str:
+    """"4..7" for a run of consecutive tokens, "1,5,9" otherwise (striped)."""
+    if len(positions) > 1 and positions == list(range(positions[0], positions[-1] + 1)):
+        return f"{positions[0]}..{positions[-1]}"
+    return ",".join(map(str, positions))
 
 
 def local_only(case: Any, i: int) -> torch.Tensor:
