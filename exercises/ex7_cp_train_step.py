@@ -20,6 +20,11 @@ the price is attention communication every layer plus one gradient all-reduce
 per step. DDP would overlap that all-reduce with backward in buckets; this
 step all-reduces parameter by parameter after backward, the plain version.
 
+The model is the kit's, complete: `grader.model.TinyCausalLM`, built with
+`grader.model.build_model()`. Its call is model(tokens, positions, attention)
+-> logits (B, S_local, V), and `grader.model.reference_train_step(model, tokens)`
+is the single-device step that every rank's result must match.
+
 Silent bugs (the step runs and returns a plausible loss):
 - Rotary positions computed locally, torch.arange(S/P): every rank believes it
   holds the start of the sequence. Correct at P = 1 only.

@@ -309,10 +309,10 @@ def _grade(job: Job) -> dict:
 
 
 def _maxima(cases: list[Case]) -> dict[str, float]:
-    """Points per exercise of the selected cases, in manifest order."""
+    """Points per exercise of the selected cases, in manifest order; bonus cases add to no maximum."""
     out: dict[str, float] = {}
     for c in cases:
-        out[c.exercise] = out.get(c.exercise, 0.0) + c.points
+        out[c.exercise] = out.get(c.exercise, 0.0) + (0.0 if c.bonus else c.points)
     return out
 
 
