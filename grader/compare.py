@@ -51,6 +51,8 @@ def _shape(t: Any) -> str:
 
 
 def describe(value: Any) -> str:
+    if value is None:
+        return "None"
     if isinstance(value, dict) and "__not_a_tensor__" in value:
         return f"a {value['__not_a_tensor__']} ({value['repr']})"
     if isinstance(value, torch.Tensor):

@@ -30,6 +30,7 @@ EXPECT = {
     "ex2_bug_nan_masked_rows": ("attention_empty_rows", "sees no key must give out = 0"),
     "ex3_bug_local_positions_mask": ("forward_contiguous", "only at tokens that see keys held by other ranks"),
     "ex3_bug_backward_no_reduce_scatter": ("backward_zigzag", "reduce-scatter"),
+    "ex3_bug_backward_returns_none": ("backward_zigzag", "k.grad should be a tensor, got None"),
     "ex3_bug_contiguous_positions": ("forward_zigzag", "only at tokens that see keys held by other ranks"),
     "ex4_bug_all_to_all_wrong_dim": ("seq_to_head_zigzag", "move the head axis there first"),
     "ex4_bug_no_heads_check": ("heads_error", "must raise ValueError naming 'heads'"),
