@@ -88,18 +88,21 @@ class Submission:
         return self.run(f"{module.split('_')[0]} {name}", self.function(module, name), *args, **kwargs)
 
     def run(self, label: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run code that reaches into student code (a function, or autograd's backward through it)."""
+        """Run code that reaches into student code (a function, or autograd's backward through it).
+
+        `label` is "exN function ...": the exercise id, then what the student's code is named by.
+        """
+        function = label.split(" ", 1)[-1]
         try:
             return fn(*args, **kwargs)
         except StudentError:
             raise
         except NotImplementedError as e:
             if self._raised_in_submission(e):
-                raise StudentError("not_implemented", f"{label}: not implemented yet",
-                                   function=label.split(" ", 1)[-1]) from None
-            raise self.wrap(e, label.split(" ", 1)[-1]) from None
+                raise StudentError("not_implemented", f"{label}: not implemented yet", function=function) from None
+            raise self.wrap(e, function) from None
         except BaseException as e:
-            raise self.wrap(e, label.split(" ", 1)[-1]) from None
+            raise self.wrap(e, function) from None
 
     def _student_frames(self, exc: BaseException) -> list[traceback.FrameSummary]:
         frames = traceback.extract_tb(exc.__traceback__)

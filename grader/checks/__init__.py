@@ -13,7 +13,7 @@ Untrusted code only ever runs in `task`; references and comparisons never do.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -86,6 +86,19 @@ def generator(case: Any, salt: int = 0) -> torch.Generator:
 def randn(case: Any, *shape: int, salt: int = 0, scale: float = 1.0) -> torch.Tensor:
     """Seeded float64 normal values; cast to the case's dtype where the check needs it."""
     return torch.randn(*shape, generator=generator(case, salt), dtype=torch.float64) * scale
+
+
+def per_member(case: Any, make: Callable[[int], dict]) -> list[dict]:
+    """One input dict per global rank: `make(i)` for the i-th member of the case's group, {} for the rest."""
+    ranks = case.members
+    return [make(ranks.index(r)) if r in ranks else {} for r in range(case.world_size)]
+
+
+def member_positions(case: Any, i: int) -> torch.Tensor:
+    """Global token positions held by the i-th member of the group, for the case's S and scheme."""
+    from grader import reference
+
+    return reference.positions(case.shape["S"], i, case.group_size, case.scheme)
 
 
 def try_call(ctx: Any, name: str, *args: Any, **kwargs: Any) -> dict:

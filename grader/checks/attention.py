@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import DTYPES, Check, randn, register
+from grader.checks import DTYPES, Check, member_positions, per_member, randn, register
 from grader.compare import check_tensor, tolerance
 from grader.probes import measure
 from grader.verdict import PASS, Kind, Verdict, fail
@@ -61,22 +61,16 @@ class DistributedAttention(Check):
     def inputs(self, case):
         full = full_inputs(case)
         dtype = DTYPES[case.dtype]
-        ranks = case.members
-        p = len(ranks)
-        extra = {}
-        if self.mode == "causality":
-            _, extra = perturbed_future(case, full)
-        per_rank = []
-        for r in range(case.world_size):
-            if r not in ranks:
-                per_rank.append({})
-                continue
-            i = ranks.index(r)
-            shard = {name: reference.shard(t, i, p, 2, case.scheme).to(dtype if name != "g" else t.dtype)
-                     for name, t in {**full, **{f"{n}2": t for n, t in extra.items()}}.items()}
-            per_rank.append({**shard, "full_q": full["q"], "full_k": full["k"], "full_v": full["v"],
-                             "full_g": full["g"]} if r == ranks[0] else shard)
-        return per_rank
+        extra = perturbed_future(case, full)[1] if self.mode == "causality" else {}
+        tensors = {**full, **{f"{n}2": t for n, t in extra.items()}}
+
+        def member(i: int) -> dict:
+            shard = {name: reference.shard(t, i, case.group_size, 2, case.scheme).to(dtype if name != "g" else t.dtype)
+                     for name, t in tensors.items()}
+            # the first member also carries the whole sequence, for the judge's reference
+            return {**shard, **{f"full_{n}": full[n] for n in ("q", "k", "v", "g")}} if i == 0 else shard
+
+        return per_member(case, member)
 
     def task(self, ctx):
         case = ctx.case
@@ -136,10 +130,6 @@ def _reference(case: Any, full: dict, grads: bool = False) -> dict:
     return found
 
 
-def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(sizes(case)[2], i, len(case.members), case.scheme)
-
-
 def judge_outputs(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
     ref = _reference(case, full)["out"]
     return _compare_sharded(case, f"{function} output", "out", ref, outcomes)
@@ -147,12 +137,12 @@ def judge_outputs(case: Any, function: str, full: dict, outcomes: list) -> Verdi
 
 def _compare_sharded(case: Any, name: str, key: str, ref: torch.Tensor, outcomes: list) -> Verdict | None:
     dtype = DTYPES[case.dtype]
-    tol = tolerance(case.dtype, len(case.members))
+    tol = tolerance(case.dtype, case.group_size)
     errors, first = [], None
     for i, r in enumerate(case.members):
-        want = reference.shard(ref, i, len(case.members), 2, case.scheme).to(dtype)
+        want = reference.shard(ref, i, case.group_size, 2, case.scheme).to(dtype)
         got = outcomes[r].payload.get(key)
-        verdict = check_tensor(name, got, want, rank=r, tol=tol, token_dim=2, positions=_positions(case, i))
+        verdict = check_tensor(name, got, want, rank=r, tol=tol, token_dim=2, positions=member_positions(case, i))
         if verdict and verdict.kind is not Kind.MISMATCH:
             return verdict
         errors.append(None if verdict is None and not isinstance(got, torch.Tensor) else
@@ -168,9 +158,9 @@ def _compare_sharded(case: Any, name: str, key: str, ref: torch.Tensor, outcomes
 def error_map(case: Any, errors: list, tol: Any) -> str:
     """A grid of the worst error per (rank, block of its tokens), labelled by global positions."""
     lines = ["error per rank (rows) and block of its tokens (columns, global positions):"]
-    p = len(case.members)
+    p = case.group_size
     for i, (r, err) in enumerate(zip(case.members, errors)):
-        pos = _positions(case, i)
+        pos = member_positions(case, i)
         n = len(pos)
         blocks = min(4, n)
         cells = []
@@ -195,11 +185,11 @@ def _span(positions: list[int]) -> str:
 
 def local_only(case: Any, i: int) -> torch.Tensor:
     """For rank i's queries: True where every key the query may see is held by rank i itself."""
-    s, p = sizes(case)[2], len(case.members)
+    s, p = sizes(case)[2], case.group_size
     owner = torch.empty(s, dtype=torch.long)
     for j in range(p):
-        owner[_positions(case, j)] = j
-    q_pos = _positions(case, i)
+        owner[member_positions(case, j)] = j
+    q_pos = member_positions(case, i)
     return torch.tensor([bool((owner[: int(t) + 1] == i).all()) for t in q_pos])
 
 
@@ -249,7 +239,7 @@ def judge_gradients(case: Any, function: str, full: dict, outcomes: list) -> Ver
 def judge_causality(case: Any, function: str, full: dict, outcomes: list) -> Verdict | None:
     t, _ = perturbed_future(case, full)
     for i, r in enumerate(case.members):
-        pos = _positions(case, i)
+        pos = member_positions(case, i)
         a, b = outcomes[r].payload.get("out"), outcomes[r].payload.get("out2")
         if not isinstance(b, torch.Tensor) or b.shape != a.shape:
             return fail(Kind.WRONG_SHAPE, f"rank {r}: the second call returned {type(b).__name__}")
@@ -280,7 +270,7 @@ def _big(calls: list[dict]) -> list[dict]:
 
 def shard_numel(case: Any) -> int:
     b, h, s, d = sizes(case)
-    return b * h * (s // len(case.members)) * d
+    return b * h * (s // case.group_size) * d
 
 
 def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
@@ -301,7 +291,7 @@ def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
 
 
 def judge_ulysses_comm(case: Any, outcomes: list) -> Verdict | None:
-    p = len(case.members)
+    p = case.group_size
     for r in case.members:
         calls = _big(_calls(outcomes[r]))
         other = sorted({c["op"] for c in calls if c["op"] not in ALL_TO_ALL_OPS})
@@ -352,7 +342,7 @@ COMM_JUDGES = {"all_gather_kv_attention": judge_allgather_comm, "ulysses_attenti
 def block_flops(case: Any) -> int:
     """FLOPs of one full (S/P x S/P) attention block: two matmuls of 2·B·H·(S/P)²·D each."""
     b, h, s, d = sizes(case)
-    n = s // len(case.members)
+    n = s // case.group_size
     return 4 * b * h * n * n * d
 
 
@@ -386,7 +376,7 @@ def judge_memory(case: Any, outcomes: list) -> Verdict | None:
         if peak > limit * shard_bytes:
             return fail(Kind.MEMORY, f"rank {r} holds up to {peak / shard_bytes:.1f} K-shards' worth of tensors at "
                                      f"once (limit {limit}); a ring keeps the current and the next K/V block "
-                                     f"only, so its memory must not grow with P = {len(case.members)}",
+                                     f"only, so its memory must not grow with P = {case.group_size}",
                         hint="Reuse two buffers (current, next); don't keep received blocks in a list or "
                              "all-gather them.")
     return None

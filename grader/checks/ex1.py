@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, judge_value_errors, randn, register, try_call
+from grader.checks import Check, judge_value_errors, per_member, randn, register, try_call
 from grader.compare import check_tensor
 from grader.verdict import PASS, Kind, fail
 
@@ -132,10 +132,8 @@ class Gather(Check):
     def inputs(self, case):
         shape, dim = _tensor_shape(case)
         x = randn(case, *shape)
-        members = case.members
-        parts = reference.shards(x, len(members), dim, case.scheme)
-        return [{"x": x, "local": parts[members.index(r)] if r in members else x[:0]}
-                for r in range(case.world_size)]
+        parts = reference.shards(x, case.group_size, dim, case.scheme)
+        return per_member(case, lambda i: {"x": x, "local": parts[i]})
 
     def task(self, ctx):
         c = ctx.case
@@ -145,9 +143,8 @@ class Gather(Check):
 
     def judge(self, case, inputs, outcomes):
         _, dim = _tensor_shape(case)
-        x = inputs[0]["x"]
-        members = case.members
-        for r in members:
+        x = inputs[case.members[0]]["x"]
+        for r in case.members:
             verdict = check_tensor("gather_sequence(x_local)", outcomes[r].payload["full"], x, rank=r,
                                    token_dim=dim, positions=range(x.shape[dim]), exact=True)
             if verdict:

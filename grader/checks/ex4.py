@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from grader import reference
-from grader.checks import Check, randn, register, try_call
+from grader.checks import Check, member_positions, per_member, randn, register, try_call
 from grader.checks.attention import register_attention, sizes
 from grader.compare import check_tensor
 from grader.verdict import PASS, Kind, fail
@@ -19,7 +19,7 @@ LAYOUT_HINT = ("After seq_to_head, rank r holds heads [r*H/P, (r+1)*H/P) of ever
 
 def _head_sharded(full: torch.Tensor, case, i: int) -> torch.Tensor:
     """What rank i holds after seq_to_head: its heads, every rank's token shard in rank order."""
-    p = len(case.members)
+    p = case.group_size
     h = full.shape[1]
     tokens = torch.cat(reference.shards(full, p, 2, case.scheme), dim=2)
     return tokens[:, i * h // p:(i + 1) * h // p].contiguous()
@@ -32,10 +32,8 @@ class SeqToHead(Check):
     def inputs(self, case):
         b, h, s, d = sizes(case)
         x = randn(case, b, h, s, d, salt=31)
-        ranks = case.members
-        return [{"x": x, "seq": reference.shard(x, ranks.index(r), len(ranks), 2, case.scheme),
-                 "head": _head_sharded(x, case, ranks.index(r))} if r in ranks else {}
-                for r in range(case.world_size)]
+        return per_member(case, lambda i: {"x": x, "seq": reference.shard(x, i, case.group_size, 2, case.scheme),
+                                           "head": _head_sharded(x, case, i)})
 
     def task(self, ctx):
         return {"to_head": ctx.call("seq_to_head", ctx.tensor("seq"), group=ctx.group),
@@ -50,8 +48,7 @@ class SeqToHead(Check):
                 verdict.hint = LAYOUT_HINT
                 return verdict
             verdict = check_tensor("head_to_seq(x)", outcomes[r].payload["to_seq"], x["seq"], rank=r, exact=True,
-                                   token_dim=2, positions=reference.positions(x["x"].shape[2], i, len(ranks),
-                                                                              case.scheme))
+                                   token_dim=2, positions=member_positions(case, i))
             if verdict:
                 verdict.hint = "head_to_seq is the exact inverse of seq_to_head: the same all-to-all, reversed."
                 return verdict

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import DTYPES, Check, generator, judge_value_errors, randn, register, try_call
+from grader.checks import (DTYPES, Check, generator, judge_value_errors, member_positions, per_member, randn,
+                           register, try_call)
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.verdict import PASS, Kind, fail
 
@@ -64,18 +65,8 @@ def _labels(case: Any, tokens: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(_sizes(case)[1], i, len(case.members), case.scheme)
-
-
 def _shard(case: Any, x: torch.Tensor, i: int) -> torch.Tensor:
-    return reference.shard(x, i, len(case.members), 1, case.scheme)
-
-
-def _per_rank(case: Any, make: Any) -> list[dict]:
-    """One input dict per global rank: `make(i)` for the i-th member of the group, {} for the others."""
-    ranks = case.members
-    return [make(ranks.index(r)) if r in ranks else {} for r in range(case.world_size)]
+    return reference.shard(x, i, case.group_size, 1, case.scheme)
 
 
 def _call_text(case: Any, function: str, args: str) -> str:
@@ -95,7 +86,7 @@ def _local_shift(shard: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 def _rank_order_shift(case: Any, tokens: torch.Tensor, i: int) -> torch.Tensor:
     """The bug: the shards concatenated in rank order (not sequence order), shifted by one."""
-    p = len(case.members)
+    p = case.group_size
     concat = torch.cat([_shard(case, tokens, j) for j in range(p)]
                        + [tokens.new_full((tokens.shape[0], 1), _ignore(case))], dim=1)
     n = tokens.shape[1] // p
@@ -115,7 +106,7 @@ def _explain_labels(case: Any, tokens: torch.Tensor, got: dict, want: dict) -> t
     same = lambda r, t: isinstance(got[r], torch.Tensor) and got[r].shape == t.shape and torch.equal(got[r], t)
     wrong, at_boundary = set(), True
     for i, r in enumerate(ranks):
-        pos = _positions(case, i)
+        pos = member_positions(case, i)
         if not isinstance(got[r], torch.Tensor) or got[r].shape != want[r].shape:
             return "", SHIFT_HINT
         bad = {int(pos[j]) for j in (got[r] != want[r]).any(dim=0).nonzero().flatten()}
@@ -148,7 +139,7 @@ class Labels(Check):
 
     def inputs(self, case):
         tokens = _tokens(case)
-        return _per_rank(case, lambda i: {"tokens": _shard(case, tokens, i)})
+        return per_member(case, lambda i: {"tokens": _shard(case, tokens, i)})
 
     def task(self, ctx):
         kwargs = {"ignore_index": _ignore(ctx.case)} if "ignore_index" in ctx.case.params else {}
@@ -163,7 +154,7 @@ class Labels(Check):
         want = {r: _shard(case, full, i) for i, r in enumerate(ranks)}
         for i, r in enumerate(ranks):
             verdict = check_tensor(_call_text(case, "shift_labels", "tokens"), got[r], want[r], rank=r,
-                                   token_dim=1, positions=_positions(case, i), exact=True)
+                                   token_dim=1, positions=member_positions(case, i), exact=True)
             if verdict is None:
                 continue
             if verdict.kind is Kind.MISMATCH:
@@ -197,7 +188,7 @@ def _reference_loss(logits: torch.Tensor, labels: torch.Tensor, ii: int) -> tupl
 def _local_means(case: Any, logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor | None]:
     """Each rank's mean over its own valid labels (None where it holds none), in float64."""
     out = []
-    for i in range(len(case.members)):
+    for i in range(case.group_size):
         lab = _shard(case, labels, i)
         if (lab != _ignore(case)).any():
             out.append(reference.cross_entropy(_shard(case, logits, i), lab, _ignore(case)))
@@ -215,7 +206,7 @@ def _grad_tolerance(case: Any, grad: torch.Tensor) -> Tolerance:
     up to ~0.8% of that scale off float64 (measured); the bfloat16 tolerance is 1.6% at P = 1, growing
     with P, so it is a fair margin and still far from a gradient P times too large.
     """
-    tol = tolerance(case.dtype, len(case.members))
+    tol = tolerance(case.dtype, case.group_size)
     return Tolerance(rtol=tol.rtol, atol=tol.atol * float(grad.abs().max()))
 
 
@@ -258,7 +249,7 @@ def _explain_loss(case: Any, losses: dict, ref: torch.Tensor, logits: torch.Tens
 def _explain_grad(case: Any, got: list, want: list, logits: torch.Tensor, labels: torch.Tensor,
                   tol: Tolerance) -> tuple[str, str]:
     """(evidence, hint) for a wrong logits.grad: a factor P or 1/P, or the gradient of a local mean."""
-    p = len(case.members)
+    p = case.group_size
     if not all(isinstance(g, torch.Tensor) and g.shape == w.shape for g, w in zip(got, want)):
         return "", ""
     c, resid = _ratio(got, want)
@@ -291,7 +282,7 @@ class Loss(Check):
     def inputs(self, case):
         logits = _logits(case)
         labels = _labels(case, _tokens(case))
-        return _per_rank(case, lambda i: {"logits": _shard(case, logits, i), "labels": _shard(case, labels, i)})
+        return per_member(case, lambda i: {"logits": _shard(case, logits, i), "labels": _shard(case, labels, i)})
 
     def task(self, ctx):
         logits = ctx.tensor("logits").clone().requires_grad_(True)  # (B, S/P, V), a leaf in the case's dtype
@@ -345,7 +336,7 @@ class Loss(Check):
         got = [payloads[r].get("grad") for r in ranks]
         for i, r in enumerate(ranks):
             verdict = check_tensor("logits.grad", got[i], want[i], rank=r, dtype=dtype, tol=gtol,
-                                   token_dim=1, positions=_positions(case, i))
+                                   token_dim=1, positions=member_positions(case, i))
             if verdict is None:
                 continue
             if verdict.kind is Kind.MISMATCH:

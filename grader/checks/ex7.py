@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader import reference
-from grader.checks import DTYPES, Check, generator, judge_value_errors, register, try_call
+from grader.checks import DTYPES, Check, generator, judge_value_errors, member_positions, per_member, register, try_call
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.model import ModelConfig, build_model, causal_attention, reference_train_step
 from grader.verdict import PASS, Kind, fail
@@ -52,10 +52,6 @@ def _tokens(case: Any) -> torch.Tensor:
     return torch.randint(0, _config(case).vocab_size, (b, s), generator=generator(case, salt=41))
 
 
-def _positions(case: Any, i: int) -> torch.Tensor:
-    return reference.positions(_sizes(case)[1], i, len(case.members), case.scheme)
-
-
 def _attention(case: Any) -> str:
     return case.params.get("attention", "all_gather")
 
@@ -68,7 +64,7 @@ class Truth:
 
     def __init__(self, case: Any):
         self.case = case
-        self.p = len(case.members)
+        self.p = case.group_size
         self.tokens = _tokens(case)
         model = self._model()
         self.loss = reference_train_step(model, self.tokens)
@@ -94,7 +90,7 @@ class Truth:
         s = self.tokens.shape[1]
         rope = torch.empty(s, dtype=torch.long)
         for i in range(self.p):
-            rope[_positions(self.case, i)] = torch.arange(s // self.p)
+            rope[member_positions(self.case, i)] = torch.arange(s // self.p)
         with torch.no_grad():
             per_token = self._per_token(rope, self.labels)
         return float(per_token.sum() / (self.labels != IGNORE).sum())
@@ -104,7 +100,7 @@ class Truth:
         """The bug: labels shifted inside each shard, ignore_index at every shard's last position."""
         labels = torch.full_like(self.tokens, IGNORE)
         for i in range(self.p):
-            pos = _positions(self.case, i)
+            pos = member_positions(self.case, i)
             shard = self.tokens[:, pos]
             labels[:, pos] = torch.cat([shard[:, 1:], shard.new_full((shard.shape[0], 1), IGNORE)], dim=1)
         with torch.no_grad():
@@ -118,7 +114,7 @@ class Truth:
             per_token = self._per_token(torch.arange(self.tokens.shape[1]), self.labels)
         means, counts = [], []
         for i in range(self.p):
-            pos = _positions(self.case, i)
+            pos = member_positions(self.case, i)
             n = int((self.labels[:, pos] != IGNORE).sum())
             counts.append(n)
             if n:
@@ -139,7 +135,7 @@ class Truth:
         out = []
         for i in range(self.p):
             mask = torch.zeros(s, dtype=torch.bool)
-            mask[_positions(self.case, i)] = True
+            mask[member_positions(self.case, i)] = True
             model = self._model()
             owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
             if not all(isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding)) for m in owners):
@@ -241,9 +237,7 @@ class Step(Check):
 
     def inputs(self, case):
         tokens = _tokens(case)
-        ranks = case.members
-        return [{"tokens": reference.shard(tokens, ranks.index(r), len(ranks), 1, case.scheme)} if r in ranks
-                else {} for r in range(case.world_size)]
+        return per_member(case, lambda i: {"tokens": reference.shard(tokens, i, case.group_size, 1, case.scheme)})
 
     def task(self, ctx):
         from grader.adapter import StudentError
