@@ -6,6 +6,7 @@ batch): they differ only in which cases they select and how they report.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 from grader import checks
 from grader.manifest import Case, Exercise, Manifest
 from grader.runner import RankOutcome, Runner, RunOutcome
+from grader.sandbox import Limits
 from grader.verdict import Kind, Verdict, fail
 
 BACKENDS = ("auto", "gloo", "nccl")
+limits = Limits()
 
 
 @dataclass
@@ -108,7 +111,8 @@ class Grader:
         # A runner handed in is shared (the kit's own tests grade many trusted variants on one set
         # of pools); submissions graded for real get their own, so no state crosses students.
         self._owns_runner = runner is None
-        self.runner = runner or Runner()
+        self.runner = runner or Runner(hide=[self.directory])
+        self.staged = self.runner.stage(self.directory, self.modules)
 
     def run(self, case: Case) -> CaseResult:
         start = time.monotonic()
@@ -130,7 +134,7 @@ class Grader:
         try:
             inputs = check.inputs(case)
             nranks = check.ranks(case)
-            job = {"submission": str(self.directory), "modules": self.modules, "module": exercise.module,
+            job = {"submission": str(self.staged), "modules": self.modules, "module": exercise.module,
                    "exercise": case.exercise, "check": case.check, "case": case, "backend": backend,
                    "group": list(case.group) if case.group and nranks > 1 else None, "seed": case.seed}
             run = self.runner.pool(nranks).run(job, inputs, case.timeout)
@@ -143,6 +147,10 @@ class Grader:
             except Exception as e:
                 verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
         return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks])
+
+    def prepare(self, cases: list[Case]) -> None:
+        """Fork the pools the selection needs now: they get ready while the first cases run."""
+        self.runner.prestart([checks.get(c.exercise, c.check).ranks(c) for c in cases])
 
     def close(self) -> None:
         if self._owns_runner:
@@ -159,7 +167,9 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
           on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Grade `cases` against the exercise files in `submission`, with fresh rank processes."""
     results = []
+    cases = list(cases)
     with Grader(submission, manifest, backend=backend) as grader:
+        grader.prepare(cases)
         for case in cases:
             results.append(grader.run(case))
             if on_result:
@@ -185,10 +195,16 @@ def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
     ranks = run.ranks
     if all(o.status == "ok" for o in ranks):
         return None
+    limited = [o for o in ranks if o.status == "limit"]
+    if limited:
+        return fail(Kind.LIMIT, limited[0].error.get("message", ""))
     grader_errors = [o for o in ranks if o.status == "grader_error"]
     if grader_errors:
         return fail(Kind.GRADER_ERROR, f"rank {grader_errors[0].rank}: {grader_errors[0].error.get('message', '')}")
     crashed = [o for o in ranks if o.status == "crashed"]
+    if crashed and crashed[0].exitcode == -signal.SIGXFSZ:
+        return fail(Kind.LIMIT, f"rank {crashed[0].rank} wrote a file past its "
+                                f"{limits.file_size >> 20} MiB file-size limit (its stdout and stderr count)")
     if crashed:
         o = crashed[0]
         return fail(Kind.CRASHED, f"rank {o.rank} was killed by {_signal_name(o.exitcode)} before returning "
@@ -205,16 +221,39 @@ def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
     if errors:
         return _student_error(errors)
     if run.timed_out:
-        return fail(Kind.TIMEOUT, f"the case did not finish within {case.timeout:g} s.\n" + waits(ranks),
-                    hint=_deadlock_hint(ranks))
+        return fail(Kind.TIMEOUT, _stopped(case, run) + "\n" + waits(ranks), hint=_deadlock_hint(ranks))
     return fail(Kind.GRADER_ERROR, "ranks stopped without results: " +
                 ", ".join(f"rank {o.rank}: {o.status}" for o in ranks))
+
+
+def _stopped(case: Case, run: RunOutcome) -> str:
+    """Why the runner stopped the case, from the kernel's evidence (CPU time, sleeping ranks, wall time)."""
+    from grader import runner
+
+    if run.stopped == "cpu":
+        o = max(run.ranks, key=lambda o: o.cpu)
+        return (f"rank {o.rank} used {o.cpu:.1f} s of CPU, more than the case's budget of {case.timeout:g} s, "
+                f"without returning: an endless loop, or far more work than the exercise needs.")
+    if run.stopped == "idle":
+        return (f"every rank still running sat waiting, with no CPU progress, for {runner.IDLE_WINDOW:g} s: "
+                f"nothing could ever finish (a deadlock, or a rank waiting for something that never comes).")
+    if run.stopped == "setup":
+        return f"the ranks did not start the student's call within {runner.SETUP_TIMEOUT:g} s of wall time."
+    return (f"the case did not finish within its wall-clock guard of "
+            f"{max(runner.WALL_MIN, runner.WALL_FACTOR * case.timeout):g} s.")
+
+
+def _memory_error(message: str) -> bool:
+    return message.startswith("MemoryError") or "can't allocate memory" in message or "bad_alloc" in message
 
 
 def _student_error(errors: list[RankOutcome]) -> Verdict:
     first = errors[0]
     e = first.error
     kind = ERROR_KINDS.get(e.get("kind", ""), Kind.EXCEPTION)
+    if kind is Kind.EXCEPTION and _memory_error(e.get("message", "")):
+        return fail(Kind.LIMIT, f"rank {first.rank} exceeded its {limits.memory >> 30} GiB memory limit "
+                                f"({e.get('message', '')})" + (f" at {e['where']}" if e.get("where") else ""))
     if kind is Kind.NOT_IMPLEMENTED or kind is Kind.MISSING or kind is Kind.SYNTAX_ERROR:
         return fail(kind, e.get("message", ""))
     ranks = [o.rank for o in errors]
@@ -234,8 +273,6 @@ def _others(ranks: list[RankOutcome], culprit: RankOutcome) -> str:
 
 
 def _signal_name(code: int | None) -> str:
-    import signal
-
     if code is None or code >= 0:
         return f"exit code {code}"
     try:

@@ -1,47 +1,68 @@
-"""Spawns rank processes, runs one case on all of them under a deadline, and kills them when it must.
+"""Forks pools of ranks from the zygote, runs one case on all of them under a budget, kills them when it must.
 
 [How a case runs]
-A RankPool holds P spawned ranks (grader.worker) for one world size and runs
-case after case on them. For a case the runner sends every rank the same job
-(with its own inputs), then polls the ranks' pipes and process sentinels:
-  - every rank answered: done; the pool stays warm for the next case;
+A RankPool holds the P ranks of one world size for one submission, forked
+from the preloaded zygote (grader.zygote) in milliseconds. For a case the
+runner sends every rank its job (with its own inputs only) and watches the
+ranks' pipes, init's reports of dead processes, and the kernel's accounting
+of every rank (grader.procfs):
+  - every rank answered: done; strays the case started are killed, and the
+    pool stays warm for the submission's next case;
   - a rank answered with an error: the others get a short grace to answer
     (they are often blocked in a collective with the failed rank), then the
     pool is killed;
   - a rank process ended without answering: crashed (signal) or early exit
     (exit code), the pool is killed;
-  - the deadline passed: the live traces say where each rank waits, the pool
-    is killed.
-A killed pool is restarted on its next use. Killing uses each rank's process
-group, so whatever a rank started dies too; `close()` runs in a finally (and
-at exit), so a grader interrupted by pytest-timeout's signal leaves nothing.
+  - the budget ran out (below): the live traces say where each rank waits,
+    the pool is killed.
+A killed pool is replaced at once, in the background. `close()` runs in a
+finally (and at exit), so a grader interrupted by pytest-timeout's signal
+leaves nothing.
+
+[Budgets that measure the student's code, not the machine]
+A case's clock starts when every rank has joined the group and imported the
+student's module, and says so. From then on the runner judges by what the
+kernel reports, which does not change with how busy the machine is:
+  - an endless loop: a rank has used more CPU time than the case's budget;
+  - a deadlock or hang: every rank still running sleeps (no thread runnable)
+    and spends no CPU for IDLE_WINDOW seconds of wall time;
+  - the outer guard: wall time past max(WALL_MIN, WALL_FACTOR x budget).
+A runnable rank starved by other work is neither idle nor spending its
+budget, so an oversubscribed machine makes a correct case slower, never failed.
 """
 
 from __future__ import annotations
 
 import atexit
 import io
-import multiprocessing as mp
+import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
+from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grader import instrument
-from grader.worker import main as worker_main
+from grader import instrument, procfs, sandbox as sandbox_mod, zygote as zygote_mod
+from grader.sandbox import Sandbox
 
-STARTUP_TIMEOUT = 120.0  # seconds for P ranks to import torch on a loaded 2-core machine
+STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
+SETUP_TIMEOUT = 120.0    # wall seconds from the job to every rank's start: joining the group, importing
+IDLE_WINDOW = 2.0        # seconds every running rank sleeps with no CPU spent before the case is stuck
+IDLE_CPU = 0.02          # CPU seconds per second under which a sleeping rank is idle (gloo's threads tick)
+WALL_MIN, WALL_FACTOR = 60.0, 4.0  # the outer wall-clock guard, after the start
 ERROR_GRACE = 2.0        # seconds the other ranks get to answer after one rank failed
 OUTPUT_CAP = 4000        # characters of a rank's stdout/stderr kept per case
-PG_TIMEOUT_MARGIN = 5.0  # torch's own collective timeout sits past our deadline, so ours fires first
+PG_TIMEOUT_MARGIN = 30.0  # torch's own collective timeout sits past our guards, so ours fire first
+POLL = 0.05
 
 _live_pools: "weakref.WeakSet[RankPool]" = weakref.WeakSet()
 
@@ -51,13 +72,14 @@ class RankOutcome:
     """What one rank did in one case, as the parent saw it."""
 
     rank: int
-    status: str                   # ok | error | crashed | early_exit | timeout | aborted | grader_error
+    status: str                   # ok | error | crashed | early_exit | timeout | aborted | limit | grader_error
     payload: Any = None
     error: dict = field(default_factory=dict)
     exitcode: int | None = None
     stdout: str = ""
     stderr: str = ""
     trace: list = field(default_factory=list)
+    cpu: float = 0.0              # CPU seconds the rank spent in the student's call (the kernel's count)
 
 
 @dataclass
@@ -65,163 +87,298 @@ class RunOutcome:
     ranks: list[RankOutcome]
     seconds: float
     timed_out: bool = False
+    stopped: str = ""             # why the runner stopped the case: cpu | idle | wall | setup
+    notes: list[str] = field(default_factory=list)  # what the ranks did that the runner ignored
+
+
+class PoolError(RuntimeError):
+    """The pool could not be started: the kit's problem, never the student's."""
 
 
 class RankPool:
-    """P warm rank processes for one world size."""
+    """P warm rank processes of one world size, for one submission's cases."""
 
-    def __init__(self, world_size: int, workdir: Path):
+    def __init__(self, world_size: int, workdir: Path, sandbox: Sandbox, zygote: zygote_mod.Zygote):
         self.world_size = world_size
         self.workdir = workdir
-        self.procs: list[Any] = []
+        self.sandbox = sandbox
+        self.zygote = zygote
+        self.handle: zygote_mod.PoolHandle | None = None
         self.conns: list[Any] = []
+        self.pids: dict[int, int] = {}   # rank -> pid as this process sees it
+        self.inner: dict[int, int] = {}  # pid inside the pool -> rank
+        self.init = 0
+        self.ready = False
         self.jobs_run = 0
         _live_pools.add(self)
 
     @property
     def alive(self) -> bool:
-        return bool(self.procs) and all(p.is_alive() for p in self.procs)
+        return self.handle is not None
 
-    def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        for rank in range(self.world_size):
-            parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child_end, rank), daemon=True,
-                               name=f"cplab-rank{rank}")
-            proc.start()
-            child_end.close()
-            self.procs.append(proc)
-            self.conns.append(parent_end)
+    def launch(self) -> None:
+        """Ask the zygote for the ranks; returns at once, `wait_ready` collects them."""
+        if self.handle is not None:
+            return
+        pipes = [Pipe(duplex=True) for _ in range(self.world_size)]
+        try:
+            self.handle = self.zygote.fork_pool({"world_size": self.world_size, "sandbox": self.sandbox.to_json()},
+                                                [child.fileno() for _, child in pipes])
+        finally:
+            for _, child in pipes:
+                child.close()
+        self.conns = [ours for ours, _ in pipes]
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        self.launch()
+        if self.ready:
+            return
+        assert self.handle is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        init = self.handle.init_pid(STARTUP_TIMEOUT)
+        if init is None:
+            self.kill()
+            raise PoolError(f"the pool of {self.world_size} ranks did not start in {STARTUP_TIMEOUT:.0f} s")
+        self.init = init
         pending = set(range(self.world_size))
         while pending:
             left = deadline - time.monotonic()
-            if left <= 0:
+            ready = wait([self.conns[r] for r in pending] + [self.handle.status], max(0.0, left))
+            if not ready:
                 self.kill()
-                raise RuntimeError(f"{len(pending)} rank process(es) did not start in {STARTUP_TIMEOUT:.0f} s")
-            ready = wait([self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending], left)
+                raise PoolError(f"{len(pending)} rank(s) of {self.world_size} did not start in "
+                                f"{STARTUP_TIMEOUT:.0f} s")
+            if self.handle.status in ready and self.handle.reaped():
+                self.kill()
+                raise PoolError("a rank process died while starting (see the grader's stderr)")
             for r in list(pending):
                 if self.conns[r] in ready:
-                    self.conns[r].recv()
+                    try:
+                        msg = self.conns[r].recv_bytes(4096)
+                    except (EOFError, OSError):
+                        self.kill()
+                        raise PoolError(f"rank {r} died while starting") from None
+                    hello = json.loads(msg[1:])
+                    self.inner[hello["pid"]] = hello["rank"]
                     pending.discard(r)
-                elif self.procs[r].sentinel in ready:
-                    code = self.procs[r].exitcode
-                    self.kill()
-                    raise RuntimeError(f"rank process {r} died while starting (exit code {code})")
+        for pid in sandbox_mod.children(self.init):
+            inner = procfs.inner_pid(pid)
+            if inner in self.inner:
+                self.pids[self.inner[inner]] = pid
+        if len(self.pids) != self.world_size:
+            self.kill()
+            raise PoolError(f"found {len(self.pids)} of {self.world_size} rank processes under the pool's init")
+        self.ready = True
 
     def kill(self) -> None:
-        """Kill every rank and everything it started; safe to call twice."""
-        for proc in self.procs:
-            if proc.pid is None:
-                continue
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=5)
+        """Kill every process of the pool, however it detached; returns once they are all gone."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            if not self.init:
+                self.init = handle.init_pid(STARTUP_TIMEOUT) or 0
+            if self.init:
+                if self.sandbox.active:
+                    _signal(self.init, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills the rest
+                else:
+                    sandbox_mod.kill_descendants(self.init)
+                    _signal(self.init, signal.SIGKILL)
+            else:
+                _signal(handle.leader, signal.SIGKILL)
+            handle.wait_gone(10.0)
+            handle.close()
         for conn in self.conns:
             conn.close()
-        self.procs, self.conns = [], []
+        self.conns, self.pids, self.inner, self.init, self.ready = [], {}, {}, 0, False
 
     def close(self) -> None:
-        """Ask the ranks to leave, then make sure they did."""
+        """Ask the ranks to leave, then make sure everything of the pool is gone."""
         for conn in self.conns:
             try:
                 conn.send(None)
             except (OSError, ValueError):
                 pass
-        for proc in self.procs:
-            proc.join(timeout=2)
+        if self.handle is not None:
+            self.handle.wait_gone(0.5)
         self.kill()
 
-    def run(self, job: dict, inputs: list[dict], timeout: float) -> RunOutcome:
-        """Run one job on every rank; never returns before all ranks answered or were killed."""
-        if not self.alive:
-            self.kill()
-            self.start()
-        case_dir = Path(tempfile.mkdtemp(prefix=f"case{self.jobs_run}-", dir=self.workdir))
+    def run(self, job: dict, inputs: list[dict], budget: float) -> RunOutcome:
+        """Run one job on every rank; never returns before all ranks answered or the pool was killed."""
+        try:
+            self.wait_ready()
+        except PoolError:
+            self.launch()  # one retry: a pool that failed to start is the machine's hiccup, not the case's
+            self.wait_ready()
+        case_dir = self.workdir / f"case{self.jobs_run}-{secrets.token_hex(4)}"
+        sandbox_mod.prepare_case_dir(case_dir, self.sandbox)
         self.jobs_run += 1
-        buf = io.BytesIO()
-        torch.save(inputs, buf)
+        nonce = secrets.token_hex(16)
         paths = {r: {k: str(case_dir / f"{k}{r}") for k in ("trace", "stdout", "stderr")}
                  for r in range(self.world_size)}
-        start = time.monotonic()
+        watch = _Watch(self, nonce, budget)
         try:
             for r, conn in enumerate(self.conns):
-                conn.send({**job, "inputs": buf.getvalue(), "world_size": self.world_size,
+                buf = io.BytesIO()
+                torch.save(inputs[r], buf)
+                conn.send({**job, "inputs": buf.getvalue(), "world_size": self.world_size, "nonce": nonce,
                            "store_path": str(case_dir / "store"), "workdir": str(case_dir),
-                           "pg_timeout": timeout + PG_TIMEOUT_MARGIN,
+                           "pg_timeout": budget * WALL_FACTOR + WALL_MIN + SETUP_TIMEOUT + PG_TIMEOUT_MARGIN,
                            "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
                            "stderr_path": paths[r]["stderr"]})
-            outcomes: dict[int, RankOutcome] = {}
-            deadline = start + timeout
-            failed_at: float | None = None
-            timed_out = False
-            while len(outcomes) < self.world_size:
-                now = time.monotonic()
-                limit = deadline if failed_at is None else min(deadline, failed_at + ERROR_GRACE)
-                if now >= limit:
-                    timed_out = failed_at is None
-                    break
-                pending = [r for r in range(self.world_size) if r not in outcomes]
-                ready = wait([self.conns[r] for r in pending] + [self.procs[r].sentinel for r in pending],
-                             min(0.1, limit - now))
-                for r in pending:
-                    answer = None
-                    if self.conns[r] in ready or self.conns[r].poll():
-                        answer = _read_answer(r, self.conns[r])
-                    if answer is None and (self.conns[r] in ready or self.procs[r].sentinel in ready):
-                        answer = _ended(r, self.procs[r])
-                    if answer is None:
-                        continue
-                    outcomes[r] = answer
-                    if outcomes[r].status != "ok" and failed_at is None:
-                        failed_at = time.monotonic()
+            watch.run()
         except BaseException:
             # Interrupted mid-case (Ctrl-C, pytest-timeout, a notebook cell past its timeout): ranks
             # busy in the case cannot answer a polite shutdown, so kill them now.
             self.kill()
             raise
-        seconds = time.monotonic() - start
+        outcomes = watch.outcomes
         clean = len(outcomes) == self.world_size and all(o.status in ("ok", "error") for o in outcomes.values())
+        if clean and self.init:
+            strays = sandbox_mod.kill_descendants(self.init, keep=set(self.pids.values()))
+            if strays:
+                watch.notes.append(f"{strays} process(es) the case started were still running and were killed")
         if not clean:
             self.kill()
         for r in range(self.world_size):
             if r not in outcomes:
-                outcomes[r] = RankOutcome(r, "timeout" if timed_out else "aborted")
+                outcomes[r] = RankOutcome(r, "timeout" if watch.stopped else "aborted")
             o = outcomes[r]
+            o.cpu = watch.cpu_used(r)
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
             o.stderr = _tail(paths[r]["stderr"])
         shutil.rmtree(case_dir, ignore_errors=True)
-        return RunOutcome([outcomes[r] for r in range(self.world_size)], seconds, timed_out)
+        if not clean:
+            self.launch()
+        return RunOutcome([outcomes[r] for r in range(self.world_size)], watch.seconds, bool(watch.stopped),
+                          watch.stopped, watch.notes)
 
 
-def _ended(rank: int, proc: Any) -> RankOutcome:
-    """A rank whose process ended without answering: a signal is a crash, an exit code an early exit."""
-    proc.join(timeout=2)
-    code = proc.exitcode
-    return RankOutcome(rank, "crashed" if code is not None and code < 0 else "early_exit", exitcode=code)
+class _Watch:
+    """One case's watch over its ranks: their messages, their deaths, and the kernel's count of their CPU."""
+
+    def __init__(self, pool: RankPool, nonce: str, budget: float):
+        self.pool, self.nonce, self.budget = pool, nonce.encode(), budget
+        self.outcomes: dict[int, RankOutcome] = {}
+        self.started: dict[int, float] = {}  # rank -> CPU seconds when it started the student's call
+        self.notes: list[str] = []
+        self.stopped = ""
+        self.seconds = 0.0
+        self._cpu_now: dict[int, float] = {}
+
+    def cpu_used(self, rank: int) -> float:
+        if rank not in self.started:
+            return 0.0
+        return max(0.0, self._cpu_now.get(rank, self.started[rank]) - self.started[rank])
+
+    def run(self) -> None:
+        pool, world = self.pool, self.pool.world_size
+        assert pool.handle is not None
+        sent = time.monotonic()
+        start: float | None = None
+        failed_at: float | None = None
+        idle_since: float | None = None
+        idle_cpu: dict[int, float] = {}
+        while len(self.outcomes) < world:
+            now = time.monotonic()
+            if failed_at is not None and now > failed_at + ERROR_GRACE:
+                break
+            pending = [r for r in range(world) if r not in self.outcomes]
+            ready = wait([pool.conns[r] for r in pending] + [pool.handle.status], POLL)
+            for r in pending:
+                if pool.conns[r] in ready:
+                    self._read(r)
+            if pool.handle.status in ready:
+                for inner, status in pool.handle.reaped():
+                    r = pool.inner.get(inner)
+                    if r is not None and r not in self.outcomes:
+                        self.outcomes[r] = _ended(r, status)
+            if failed_at is None and any(o.status != "ok" for o in self.outcomes.values()):
+                failed_at = time.monotonic()
+            running = [r for r in range(world) if r not in self.outcomes]
+            if not running:
+                break
+            now = time.monotonic()
+            if start is None:
+                if all(r in self.started for r in running):
+                    start = now
+                elif now - sent > SETUP_TIMEOUT:
+                    self.stopped = "setup"
+                    break
+                else:
+                    continue
+            samples = {r: procfs.sample(pool.pids[r]) for r in running}
+            for r, s in samples.items():
+                self._cpu_now[r] = s.cpu
+            if any(self.cpu_used(r) > self.budget for r in running):
+                self.stopped = "cpu"
+                break
+            if failed_at is not None or any(s.runnable for s in samples.values()):
+                idle_since = None
+            elif idle_since is None or any(s.cpu - idle_cpu.get(r, s.cpu) > IDLE_CPU * (now - idle_since) + 0.01
+                                           for r, s in samples.items()):
+                idle_since, idle_cpu = now, {r: s.cpu for r, s in samples.items()}
+            elif now - idle_since >= IDLE_WINDOW:
+                self.stopped = "idle"
+                break
+            if now - start > max(WALL_MIN, WALL_FACTOR * self.budget):
+                self.stopped = "wall"
+                break
+        self.seconds = time.monotonic() - (start if start is not None else sent)
+
+    def _read(self, r: int) -> None:
+        conn = self.pool.conns[r]
+        limit = self.pool.sandbox.limits.answer
+        try:
+            msg = conn.recv_bytes(limit + 64)
+        except (EOFError, ConnectionError):
+            return  # the process's end closed: init reports how it died
+        except OSError:
+            self.outcomes[r] = RankOutcome(r, "limit", error={
+                "limit": "answer", "message": f"rank {r} sent an answer of more than {limit >> 20} MiB"})
+            return
+        kind, body = msg[:1], msg[1:]
+        if not body.startswith(self.nonce):
+            self.notes.append(f"rank {r} sent a message without this case's nonce; it was ignored")
+            return
+        body = body[len(self.nonce):]
+        if kind == b"S" and r not in self.started:
+            self.started[r] = procfs.sample(self.pool.pids[r]).cpu
+        elif kind == b"A" and r not in self.outcomes:
+            self.outcomes[r] = _read_answer(r, body)
+            self.started.setdefault(r, procfs.sample(self.pool.pids[r]).cpu)
+            self._cpu_now[r] = procfs.sample(self.pool.pids[r]).cpu
+        else:
+            self.notes.append(f"rank {r} sent a second {'start' if kind == b'S' else 'answer'}; it was ignored")
 
 
-def _read_answer(rank: int, conn: Any) -> RankOutcome | None:
-    """The rank's answer, or None when its pipe closed without one."""
+def _signal(pid: int, sig: int) -> None:
     try:
-        data = conn.recv_bytes()
-    except (EOFError, OSError):
-        return None
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _ended(rank: int, status: int) -> RankOutcome:
+    """A rank whose process ended without answering: a signal is a crash, an exit code an early exit."""
+    if os.WIFSIGNALED(status):
+        return RankOutcome(rank, "crashed", exitcode=-os.WTERMSIG(status))
+    return RankOutcome(rank, "early_exit", exitcode=os.waitstatus_to_exitcode(status))
+
+
+def _read_answer(rank: int, data: bytes) -> RankOutcome:
+    """The rank's answer; anything but a well-formed one is an error of the submission."""
     try:
         # weights_only: the rank ran untrusted code, so its answer may hold tensors and builtins only.
         answer = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as e:
         return RankOutcome(rank, "error", error={"kind": "exception", "message": f"unreadable result ({e})"})
-    status = answer.get("status")
+    status = answer.get("status") if isinstance(answer, dict) else None
     if status == "ok":
         return RankOutcome(rank, "ok", payload=answer.get("payload"))
     if status == "error":
         return RankOutcome(rank, "error", error=answer)
-    return RankOutcome(rank, "grader_error", error=answer)
+    return RankOutcome(rank, "grader_error", error=answer if isinstance(answer, dict) else {})
 
 
 def _tail(path: str) -> str:
@@ -239,14 +396,37 @@ def _tail(path: str) -> str:
 class Runner:
     """The pools of one grading session (one submission): one per world size, closed together."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hide: list[Path] = ()) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="cplab-"))
+        self.sandbox = sandbox_mod.plan(self.workdir, list(hide))
+        sandbox_mod.prepare_workdir(self.workdir, self.sandbox)
+        self.zygote = zygote_mod.shared()
+        self.zygote.start()
         self.pools: dict[int, RankPool] = {}
+        self._staged = 0
+
+    def stage(self, directory: Path, modules: list[str]) -> Path:
+        """A copy of the submission's exercise files for the ranks to import: in a sandbox the
+        original folder is covered, so a submission can neither read its neighbours nor change itself."""
+        self._staged += 1
+        target = self.workdir / f"submission{self._staged}"
+        target.mkdir(mode=0o755)
+        for name in modules:
+            source = directory / f"{name}.py"
+            if source.is_file():
+                shutil.copyfile(source, target / source.name)
+                os.chmod(target / source.name, 0o644)
+        return target
 
     def pool(self, world_size: int) -> RankPool:
         if world_size not in self.pools:
-            self.pools[world_size] = RankPool(world_size, self.workdir)
+            self.pools[world_size] = RankPool(world_size, self.workdir, self.sandbox, self.zygote)
         return self.pools[world_size]
+
+    def prestart(self, world_sizes: list[int]) -> None:
+        """Fork the pools these sizes need now, so that they get ready while the first cases run."""
+        for size in dict.fromkeys(world_sizes):
+            self.pool(size).launch()
 
     def close(self) -> None:
         for pool in self.pools.values():

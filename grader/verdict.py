@@ -30,6 +30,7 @@ class Kind(str, enum.Enum):
     MEMORY = "memory"
     CAUSALITY = "causality"
     TIMEOUT = "timeout or deadlock"
+    LIMIT = "resource limit"
     CRASHED = "rank crashed"
     EARLY_EXIT = "early exit"
     SKIPPED = "skipped"
@@ -61,8 +62,11 @@ EXPLAIN = {
     Kind.COMPUTE: "The per-rank attention work (counted in FLOPs) is not what the algorithm should do.",
     Kind.MEMORY: "Peak live tensor memory on a rank grows where it should stay bounded.",
     Kind.CAUSALITY: "An output depends on tokens after its own position: the future leaks.",
-    Kind.TIMEOUT: "The case did not finish in time. If ranks wait in torch.distributed calls, the "
-                  "trace shows which: ranks that wait on each other are deadlocked.",
+    Kind.TIMEOUT: "The case did not finish: a rank used up its CPU budget (an endless loop), or every "
+                  "rank sat waiting with no progress (a deadlock). The trace shows which call each "
+                  "rank waits in: ranks that wait on each other are deadlocked.",
+    Kind.LIMIT: "A rank went past one of the sandbox's limits (memory, file size, open files, "
+                "processes, answer size); the message names which.",
     Kind.CRASHED: "A rank process died from a signal (a segfault, or killed) before returning.",
     Kind.EARLY_EXIT: "A rank process ended before returning its result (sys.exit, os._exit, or a "
                      "crash of the interpreter).",

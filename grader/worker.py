@@ -1,28 +1,34 @@
 """A rank process: joins a fresh process group per case, runs one check's task, sends the result up.
 
 [How a rank lives]
-The runner spawns P of these per world size and keeps them for case after
-case (importing torch is most of a fresh start). For each job a rank:
+The zygote forks P of these per pool (grader.zygote); they serve case after
+case of one submission. A rank first confines itself (grader.sandbox: limits,
+then the sandbox uid), then for each job:
   1. points fd 1 and 2 at this case's capture files,
-  2. starts the live trace and joins a new process group (FileStore in the
-     run's temp dir: no port to collide on),
-  3. imports the student's exercise modules afresh through the adapter and
-     runs the check's task, which calls the student's functions,
-  4. sends back the packed result (tensors on the CPU, serialised with
-     torch.save so the parent can load it with weights_only=True), or the
-     student's error with the line it came from, then leaves the group.
-The rank dies with the grader: PR_SET_PDEATHSIG kills it when its parent
-dies, and it leads its own process group so the runner can kill it and
-anything it started in one signal.
+  2. joins a new process group (FileStore in the case's folder: no port to
+     collide on) and starts the live trace,
+  3. imports the student's exercise module afresh through the adapter and
+     tells the grader it has started: the case's budget counts from here, so
+     starting ranks, joining the group and importing never spend it,
+  4. runs the check's task, which calls the student's functions, and sends
+     back the packed result (plain CPU tensors, serialised with torch.save so
+     the grader can load it with weights_only=True) with the case's nonce, or
+     the student's error with the line it came from.
+
+[Messages up the pipe] one byte of kind, then its body:
+  R {"rank", "pid"}  ready, once, before any student code;
+  S nonce            started the student's call;
+  A nonce + bytes    the answer (torch.save of {"status", ...}).
+What a rank sends after student code ran is untrusted: the grader caps its
+size, checks the nonce and believes the first answer only.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import io
+import json
 import os
-import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -30,18 +36,6 @@ from pathlib import Path
 from typing import Any
 
 KIT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _die_with_parent() -> None:
-    os.setsid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 @dataclass
@@ -100,7 +94,7 @@ def _redirect(path: str, fd: int) -> None:
     os.close(f)
 
 
-def _run_job(job: dict, rank: int) -> dict:
+def _run_job(job: dict, rank: int, started: Any) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -124,12 +118,19 @@ def _run_job(job: dict, rank: int) -> dict:
             group = dist.new_group(list(job["group"]))
             group_rank = job["group"].index(rank) if rank in job["group"] else None
             group_size = len(job["group"])
-        inputs = torch.load(io.BytesIO(job["inputs"]), weights_only=True)[rank]
+        inputs = torch.load(io.BytesIO(job["inputs"]), weights_only=True)
         check = checks.get(job["exercise"], job["check"])
         ctx = RankContext(rank=rank, world_size=world, group=group, group_rank=group_rank,
                           group_size=group_size, device=device, case=job["case"], inputs=inputs,
                           submission=submission, module=job["module"])
         torch.manual_seed(job["seed"] * 1000 + rank)
+        try:
+            submission.module(job["module"])
+        except StudentError as e:
+            if e.kind != "missing":
+                return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
+                        "where": e.where, "traceback": e.tb}
+        started()
         try:
             payload = check.task(ctx) if ctx.in_group else {}
         except StudentError as e:
@@ -158,17 +159,17 @@ def _leave_group() -> None:
         dist.destroy_process_group()
 
 
-def main(conn: Any, rank: int) -> None:
-    """Entry point of a spawned rank: serve jobs from the parent until it sends None."""
-    _die_with_parent()
+def serve(conn: Any, rank: int, settings: dict) -> None:
+    """A forked rank's life: confine itself, say it is ready, serve jobs until the grader sends None."""
     import torch
 
-    from grader import adapter, instrument
+    from grader import adapter, instrument, sandbox
 
+    sandbox.confine(settings["sandbox"])
     instrument.install()
     adapter.isolate(KIT_ROOT)
     torch.set_num_threads(1)
-    conn.send(("ready", rank))
+    conn.send_bytes(b"R" + json.dumps({"rank": rank, "pid": os.getpid()}).encode())
     while True:
         try:
             job = conn.recv()
@@ -183,11 +184,11 @@ def main(conn: Any, rank: int) -> None:
         _redirect(job["stdout_path"], 1)
         _redirect(job["stderr_path"], 2)
         try:
-            result = _run_job(job, rank)
+            result = _run_job(job, rank, lambda: conn.send_bytes(b"S" + job["nonce"].encode()))
         except BaseException:
             result = {"status": "grader_error", "message": traceback.format_exc()[-2000:]}
         sys.stdout.flush()
         sys.stderr.flush()
         buf = io.BytesIO()
         torch.save(result, buf)
-        conn.send_bytes(buf.getvalue())
+        conn.send_bytes(b"A" + job["nonce"].encode() + buf.getvalue())

@@ -32,10 +32,14 @@ def make_submission(tmp: Path, replace: dict[str, str] | None = None) -> Path:
 def descendants(pid: int | None = None) -> list[int]:
     """Every live process below `pid` (default: this one), read from /proc.
 
-    multiprocessing's resource tracker is left out: spawn starts one per
-    parent, once, and it ends with the parent; it runs no rank.
+    The shared zygote itself is left out: it is started once per grading
+    process, runs no student code and ends with its parent. The pools it
+    forks are still counted, so a rank left alive shows up here.
     """
+    from grader import zygote
+
     pid = pid or os.getpid()
+    server = zygote.shared().pid
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -50,7 +54,8 @@ def descendants(pid: int | None = None) -> list[int]:
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
-            found.append(child)
+            if child != server:
+                found.append(child)
             todo.append(child)
     return found
 

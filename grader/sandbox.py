@@ -1,0 +1,276 @@
+"""What student code may touch: its own uid, namespaces and limits, set up before a rank loads it.
+
+[What a sandbox is here]
+When the grader runs as root (Gradescope's run_autograder, a course server,
+CI), every pool of ranks gets:
+  - its own PID namespace: init is PID 1, and when it dies the kernel kills
+    every process in it, however it detached (setsid, double fork);
+  - its own network namespace with only loopback (gloo still works on it);
+  - its own mount namespace, in which the kit's solutions/, tests/ and .git,
+    the manifest, the original submission folder, the other submissions and
+    the grader's parent-side modules (references, checks, judges) are covered
+    by empty mounts, and /tmp, /var/tmp and /dev/shm are small private tmpfs;
+  - a dedicated unprivileged uid (one per grading session, not in
+    /etc/passwd, used by no other process), with nothing writable but its
+    case directory and the private tmpfs;
+  - per-rank limits: address space, open files, file size, processes.
+Without root none of this is possible: ranks run as the grading user, which
+is fine for a student's self-check (the student can only attack
+themselves), and the grader says so once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import resource
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KIT_ROOT = Path(__file__).resolve().parent.parent
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Modules a rank needs; every other grader module stays outside the sandbox (see grader.adapter too).
+RANK_MODULES = ("__init__.py", "__main__.py", "worker.py", "adapter.py", "instrument.py", "probes.py",
+                "model.py", "sandbox.py", "zygote.py", "tasks", "procfs.py",
+                "checks", "reference.py", "compare.py", "verdict.py", "manifest.py")  # TEMP until the task split
+
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+PR_SET_CHILD_SUBREAPER = 36
+UID_RANGE = (1_000_000, 2_000_000)
+
+
+@dataclass
+class Limits:
+    """Per-rank resource limits; each, when hit, is reported as its own failure kind."""
+
+    memory: int = 3 * GIB       # address space beyond what a forked rank already maps
+    open_files: int = 1024
+    file_size: int = 64 * MIB   # any one file, the captured stdout/stderr included
+    processes: int = 512        # tasks (processes and threads) of the sandbox uid, all ranks together
+    answer: int = 32 * MIB      # bytes of one rank's answer read by the grader
+    tmpfs: int = 256 * MIB      # each private /tmp, /var/tmp, /dev/shm
+
+
+@dataclass
+class Sandbox:
+    """The settings a pool is forked with; `active` False means none could be set up (not root)."""
+
+    active: bool
+    reason: str = ""
+    uid: int = -1
+    workdir: str = ""
+    hide: list[str] = field(default_factory=list)
+    reach: dict[str, list[str]] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def plan(workdir: Path, hide: list[Path] = ()) -> Sandbox:
+    """The sandbox this process can give its ranks: active as root, inactive (with the reason) otherwise."""
+    if os.geteuid() != 0:
+        return Sandbox(False, "the grader does not run as root, so ranks cannot get their own user or "
+                              "namespaces: fine for a self-check, where the only files at risk are yours")
+    secret = [KIT_ROOT / "solutions", KIT_ROOT / "tests", KIT_ROOT / ".git", KIT_ROOT / "lab_manifest.yaml"]
+    secret += [p for p in (KIT_ROOT / "grader").iterdir()
+               if p.name not in RANK_MODULES and p.name != "__pycache__"]
+    paths = [str(p.resolve()) for p in [*secret, *hide] if p.exists()]
+    return Sandbox(True, uid=_free_uid(), workdir=str(workdir), hide=sorted(set(paths)), reach=_reach())
+
+
+def _reach() -> dict[str, list[str]]:
+    """Folders that shut others out (mode without o+x) on the way to what a rank must read: Python
+    itself, its libraries, the kit. E.g. pyenv's Python under /root (mode 700). In the sandbox such a
+    folder is covered by an empty tmpfs, with only those paths bound back into it."""
+    import sys
+
+    needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, KIT_ROOT, *sys.path)
+              if p and Path(p).exists()}
+    covers: dict[str, set[str]] = {}
+    for path in needed:
+        for ancestor in reversed(path.parents):
+            if ancestor != Path("/") and not os.stat(ancestor).st_mode & 0o001:
+                covers.setdefault(str(ancestor), set()).add(str(path))
+                break
+    return {a: sorted(paths) for a, paths in covers.items()}
+
+
+def _free_uid() -> int:
+    """A uid no process uses and /etc/passwd does not name: nothing on the machine belongs to it."""
+    import pwd
+
+    used = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            used.add(os.stat(f"/proc/{entry}").st_uid)
+        except OSError:
+            pass
+    while True:
+        uid = random.randrange(*UID_RANGE)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if uid not in used:
+                return uid
+
+
+# --- in the pool's processes ----------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, flags, data.encode() if data else None),
+           f"mount {target}")
+
+
+def enter(settings: dict) -> None:
+    """In the leader: new PID (for its children), network and mount namespaces, then cover the secrets."""
+    if not settings["active"]:
+        return
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET), "unshare")
+    _mount("", "/", None, MS_REC | MS_PRIVATE)
+    _loopback_up()
+    workdir = settings["workdir"]
+    size = settings["limits"]["tmpfs"]
+    # The run's own folder sits under /tmp, which gets a private tmpfs: it is bound back in.
+    covers = {tmp: f"size={size},mode=1777" for tmp in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(tmp)}
+    back = {"/tmp": [workdir]} if workdir.startswith("/tmp/") else {}
+    for folder, paths in settings["reach"].items():
+        covers[folder] = "size=64k,mode=755"
+        back[folder] = paths
+    for folder, options in covers.items():
+        kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in back.get(folder, [])]
+        _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for path, fd in kept:
+            os.makedirs(path, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            os.close(fd)
+    empty_file = os.path.join(workdir, ".hidden")
+    for path in settings["hide"]:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=000")
+        elif os.path.exists(path):
+            _mount(empty_file, path, None, MS_BIND)
+
+
+def _loopback_up() -> None:
+    """Bring `lo` up in the new network namespace: the only interface there, and all gloo needs."""
+    import fcntl
+    import socket
+    import struct
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFF_RUNNING = 0x8913, 0x8914, 0x1, 0x40
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP | IFF_RUNNING))
+
+
+def become_init() -> None:
+    """In init: adopt every orphan of the pool (it is PID 1 of a namespace, or a subreaper without one)."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if os.getpid() == 1:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def confine(settings: dict) -> None:
+    """In a rank, before any student code: limits, then the sandbox uid (for good: no way back)."""
+    if not settings["active"]:
+        return
+    os.environ.update(HOME="/tmp", TMPDIR="/tmp", GLOO_SOCKET_IFNAME="lo")
+    limits = settings["limits"]
+    mapped = _mapped_bytes()
+    for which, value in ((resource.RLIMIT_AS, mapped + limits["memory"]),
+                         (resource.RLIMIT_NOFILE, limits["open_files"]),
+                         (resource.RLIMIT_FSIZE, limits["file_size"]),
+                         (resource.RLIMIT_NPROC, limits["processes"]),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(which, (value, value))
+    uid = settings["uid"]
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
+def _mapped_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+# --- in the grader ---------------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """pid's children, as /proc lists them for every one of its threads."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_descendants(pid: int, keep: set[int] = frozenset(), rounds: int = 50) -> int:
+    """SIGKILL every descendant of pid except `keep` (and their own descendants are not spared);
+    repeat until none is left, so a process forking as fast as it can is still caught. Returns how many."""
+    killed = 0
+    for _ in range(rounds):
+        victims = [p for p in descendants(pid) if p not in keep]
+        if not victims:
+            return killed
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
+    return killed
+
+
+def prepare_case_dir(path: Path, settings: Sandbox) -> None:
+    """A case folder the sandbox uid owns and nobody else can read."""
+    path.mkdir(mode=0o700)
+    if settings.active:
+        os.chown(path, settings.uid, settings.uid)
+
+
+def prepare_workdir(path: Path, settings: Sandbox) -> None:
+    """The run's folder: traversable by the sandbox uid, not listable; the empty file that covers secrets."""
+    if not settings.active:
+        return
+    os.chmod(path, 0o711)
+    hidden = path / ".hidden"
+    hidden.write_bytes(b"")
+    os.chmod(hidden, 0)

@@ -1,0 +1,297 @@
+"""A preloaded server that forks rank processes, so that a rank starts in milliseconds, not seconds.
+
+[Why a zygote]
+Importing torch is nearly all of a fresh rank's start (1.5-2 s idle, 20 s
+and more on a loaded 2-core machine). The zygote imports torch,
+torch.distributed and the rank-side grader modules once; every rank is then
+an os.fork() of it. The zygote must stay fork-safe: it runs no torch op
+(a live intra-op thread pool does not survive a fork) and never touches
+CUDA (a CUDA context does not either).
+
+[The process tree of one pool]
+    grader ── zygote ── leader ── init ── rank 0 ... rank P-1
+  - zygote: one per grading process; it dies with the grader (PDEATHSIG and
+    the end of its socket) and forks one leader per pool asked for.
+  - leader: in a sandbox, enters the pool's own PID, network and mount
+    namespaces (grader.sandbox), then forks init and waits for it. It holds
+    the pool's lifeline, a pipe to the grader: when it closes, init is reaped,
+    and in a PID namespace that means every process of the pool is gone.
+  - init: PID 1 of the pool's namespace (or, without one, a child subreaper):
+    every orphan of the pool is reparented to it, and when it dies the kernel
+    kills whatever is left in the namespace.
+  - ranks: grader.worker.serve, each with its own pipe to the grader.
+Each level dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed grader
+takes the whole tree with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+MAX_REQUEST = 1 << 16
+# torch._dynamo and sympy are what torch imports on the first FLOP count, memory probe or backward
+# (over 1 s per rank); importing them runs no op, so they load here once.
+PRELOAD = ("torch", "torch.distributed", "torch.utils.flop_counter", "torch.utils._python_dispatch",
+           "torch._dynamo", "sympy", "grader.worker", "grader.checks", "grader.probes", "grader.model",
+           "grader.sandbox", "grader.procfs")
+
+
+@dataclass
+class PoolHandle:
+    """The grader's view of a forked pool: the leader's pid and the lifeline it holds."""
+
+    leader: int
+    lifeline: int  # read end; EOF when the leader, and so the whole pool, is gone
+    status: int    # read end; init writes (pid, wait status) for every process it reaps
+
+    def init_pid(self, timeout: float) -> int | None:
+        """init's pid (as the grader sees it), which the leader writes first on the lifeline."""
+        import select
+
+        ready, _, _ = select.select([self.lifeline], [], [], timeout)
+        if not ready:
+            return None
+        data = os.read(self.lifeline, 8)
+        return struct.unpack("q", data)[0] if len(data) == 8 else None
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Block until the lifeline closes: the pool's processes are all reaped."""
+        import select
+
+        while True:
+            ready, _, _ = select.select([self.lifeline], [], [], timeout)
+            if not ready:
+                return False
+            if not os.read(self.lifeline, 4096):
+                return True
+
+    def reaped(self) -> list[tuple[int, int]]:
+        """(pid inside the pool, wait status) of the processes init reaped since the last call."""
+        out = []
+        while True:
+            try:
+                data = os.read(self.status, 8 * 64)
+            except BlockingIOError:
+                return out
+            if not data:
+                return out
+            out += list(struct.iter_unpack("ii", data[: len(data) // 8 * 8]))
+
+    def close(self) -> None:
+        for fd in (self.lifeline, self.status):
+            if fd >= 0:
+                os.close(fd)
+        self.lifeline = self.status = -1
+
+
+class Zygote:
+    """The grader's end of the server: start it once, then ask it for pools."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Start the server without waiting for its imports; the first fork waits for them."""
+        if self._proc is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; import grader.zygote as z; z.serve({theirs.fileno()})"
+        self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                      stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self._sock = ours
+
+    def fork_pool(self, settings: dict, rank_fds: list[int]) -> PoolHandle:
+        """Fork a pool whose rank r talks through rank_fds[r]; the caller keeps (and closes) its fds."""
+        self.start()
+        life_r, life_w = os.pipe()
+        status_r, status_w = os.pipe()
+        os.set_blocking(status_r, False)
+        try:
+            with self._lock:
+                assert self._sock is not None
+                socket.send_fds(self._sock, [json.dumps(settings).encode()], [life_w, status_w, *rank_fds])
+                reply, _, _, _ = socket.recv_fds(self._sock, MAX_REQUEST, 0)
+            if not reply:
+                raise RuntimeError(f"the rank server exited (code {self._proc.poll() if self._proc else None})")
+            answer = json.loads(reply)
+            if "error" in answer:
+                raise RuntimeError(f"the rank server could not fork a pool: {answer['error']}")
+        except BaseException:
+            os.close(life_r)
+            os.close(status_r)
+            raise
+        finally:
+            os.close(life_w)
+            os.close(status_w)
+        return PoolHandle(answer["leader"], life_r, status_r)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+_shared: Zygote | None = None
+
+
+def shared() -> Zygote:
+    """The process's zygote: started once; it runs no student code, so every grading session shares it."""
+    global _shared
+    if _shared is None:
+        _shared = Zygote()
+    return _shared
+
+
+# --- the server side: everything below runs in the zygote and the processes it forks ------------
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` when the parent exits; exit now if it already has."""
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def serve(fd: int) -> None:
+    """The zygote's loop: import once, then fork a leader per request until the grader hangs up."""
+    die_with_parent()
+    sock = socket.socket(fileno=fd)
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 64)
+        except InterruptedError:
+            continue
+        if not msg:
+            return
+        try:
+            settings = json.loads(msg)
+            pid = os.fork()
+        except Exception as e:
+            for f in fds:
+                os.close(f)
+            sock.sendall(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            continue
+        if pid == 0:
+            sock.close()
+            _lead(settings, fds[0], fds[1], fds[2:])
+        for f in fds:
+            os.close(f)
+        sock.sendall(json.dumps({"leader": pid}).encode())
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _lead(settings: dict, lifeline: int, status: int, rank_fds: list[int]) -> None:
+    """A pool's leader: enter the sandbox's namespaces, fork init, report its pid, wait for it."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        die_with_parent()
+        from grader import sandbox
+
+        sandbox.enter(settings["sandbox"])
+        pid = os.fork()
+        if pid == 0:
+            os.close(lifeline)
+            _init(settings, status, rank_fds)
+        for f in (status, *rank_fds):
+            os.close(f)
+        os.write(lifeline, struct.pack("q", pid))
+        os.waitpid(pid, 0)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _init(settings: dict, status: int, rank_fds: list[int]) -> None:
+    """PID 1 of the pool: fork the ranks, then reap until none is left; SIGTERM kills the whole pool."""
+    code = 1
+    try:
+        die_with_parent()
+        os.setsid()
+        from grader import sandbox
+
+        sandbox.become_init()
+        signal.signal(signal.SIGTERM, lambda *_: _kill_descendants_and_exit())
+        for rank, fd in enumerate(rank_fds):
+            if os.fork() == 0:
+                for other in (status, *rank_fds):
+                    if other != fd:
+                        os.close(other)
+                _rank(settings, rank, fd)
+        for fd in rank_fds:
+            os.close(fd)
+        while True:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            os.write(status, struct.pack("ii", pid, code))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _kill_descendants_and_exit() -> None:
+    from grader import sandbox
+
+    sandbox.kill_descendants(os.getpid())
+    os._exit(0)
+
+
+def _rank(settings: dict, rank: int, fd: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        die_with_parent()
+        from multiprocessing.connection import Connection
+
+        from grader import worker
+
+        worker.serve(Connection(fd), rank, settings)
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
