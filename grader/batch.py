@@ -321,8 +321,10 @@ def grade_submission(job: Job, tmp: str) -> None:
         os.close(log)
         os.environ["TMPDIR"] = tempfile.tempdir = tmp  # the rank processes inherit it
         data = _grade(job)
-        # a SIGTERM from here on would leave a temp file beside the results instead of the results
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # a SIGTERM from here on would leave a temp file beside the results instead of the results. Ignored,
+        # not blocked: pthread_sigmask blocks it for this thread only, and torch's threads would still take
+        # it, after which _leave raises SystemExit in the middle of json.dump (a half-written temp file).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         results_json.write(job.results, data)
     finally:
         # the batch removes it as well, but not when the batch itself was killed: then only this runs
