@@ -4,10 +4,16 @@
 SUBMISSIONS_DIR holds one folder per student. Each student's results go to
 results/<student>.json beside the CSV, in Gradescope's format, with an
 `extra_data.cplab` record: a fingerprint of what was graded (the exercise
-files, the manifest, the selected cases, the backend, the grader's version),
-the points per exercise, the failure kinds and, when grading failed, why.
+files, the manifest file's bytes, the selected cases, the backend, and the
+kit: the bytes of every .py and .yaml file of the grader package and torch's
+version), the points per exercise, the failure kinds and, when grading
+failed, why.
   1. A student whose results file carries the current fingerprint is done
-     and is not graded again; a changed submission or manifest is.
+     and is not graded again; a changed submission, manifest or grader is.
+     The grader's files are hashed once per run, when it plans, and again
+     when its grading is over: if they changed in between (a submission that
+     rewrites the grader on disk, say), every result of the run is void and
+     reads so, and the next run grades those students again.
   2. Every other submission is graded by `grading.grade` in its own spawned
      process with its own TMPDIR, so its rank pools, files and modules never
      meet another submission's. Up to `jobs` run at once.
@@ -56,6 +62,8 @@ from grader.runner import STARTUP_TIMEOUT
 
 STOP_GRACE = 10.0  # seconds a stopped worker gets to close its rank pools before SIGKILL
 FAILED_TEST = "autograder failed"
+GRADER_ROOT = Path(grader.__file__).resolve().parent  # the installed grader package, as this process imports it
+VOID = "void"  # the fingerprint of a result graded while the grader's files changed: it never matches
 
 
 class BatchError(ValueError):
@@ -160,10 +168,33 @@ def students(submissions: Path) -> list[str]:
     return names
 
 
-def fingerprint(submission: Path, manifest: Manifest, cases: list[Case], backend: str) -> str:
-    """What a result depends on; a result with another fingerprint is stale and is graded again."""
+def grader_files(root: Path | None = None) -> list[Path]:
+    """Every .py and .yaml file of the grader package, sorted by path relative to it; no __pycache__."""
+    root = root or GRADER_ROOT
+    found = [p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()
+             and "__pycache__" not in p.relative_to(root).parts]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def kit_digest(root: Path | None = None) -> str:
+    """A hash of the code that grades: the grader package's files (names and bytes) and torch's version."""
+    import torch
+
+    root = root or GRADER_ROOT
+    h = hashlib.sha256(f"torch {torch.__version__}\0".encode())
+    for path in grader_files(root):
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode() + data)
+    return h.hexdigest()
+
+
+def fingerprint(submission: Path, manifest: Manifest, cases: list[Case], backend: str, kit: str) -> str:
+    """What a result depends on; a result with another fingerprint is stale and is graded again.
+
+    `kit` is `kit_digest()`, computed once per batch run by `plan`, not once per student.
+    """
     h = hashlib.sha256()
-    for part in (grader.__version__, backend, " ".join(c.id for c in cases)):
+    for part in (grader.__version__, kit, backend, " ".join(c.id for c in cases)):
         h.update(part.encode() + b"\0")
     h.update(manifest.path.read_bytes())
     try:
@@ -187,6 +218,7 @@ class Plan:
     maxima: dict[str, float]
     titles: dict[str, str]
     limit: float  # seconds one submission may take
+    kit: str = ""  # kit_digest() when the batch planned: the grader that grades this run
 
 
 def plan(submissions: str | Path, out_csv: str | Path, settings: Settings, *, regrade: bool = False) -> Plan:
@@ -198,14 +230,15 @@ def plan(submissions: str | Path, out_csv: str | Path, settings: Settings, *, re
     cases = m.select(list(settings.exercises) if settings.exercises else None)
     layout = Layout(out_csv)
     names = students(submissions)
+    kit = kit_digest()
     todo = []
     for s in names:
-        fp = fingerprint(submissions / s, m, cases, settings.backend)
+        fp = fingerprint(submissions / s, m, cases, settings.backend, kit)
         if regrade or done(layout.result(s), fp) is None:
             todo.append(Job(s, (submissions / s).resolve(), layout.result(s), layout.log(s), fp, settings,
                             os.getpid()))
     return Plan(layout, names, todo, _maxima(cases), {ex.id: ex.title for ex in m.exercises},
-                settings.submission_timeout or default_limit(cases))
+                settings.submission_timeout or default_limit(cases), kit)
 
 
 def execute(p: Plan, *, jobs: int = 1, on_result: Callable[[Row, int], None] | None = None) -> Outcome:
@@ -220,7 +253,11 @@ def execute(p: Plan, *, jobs: int = 1, on_result: Callable[[Row, int], None] | N
         if on_result:
             on_result(Row.from_results(job.student, json.loads(job.results.read_text())), count)
 
-    _schedule(p.todo, max(1, jobs), p.limit, p.maxima, finished)
+    try:
+        _schedule(p.todo, max(1, jobs), p.limit, p.maxima, finished)
+    finally:  # an interrupted run too: what it graded is kept, so it must not be kept forged
+        if p.todo and p.kit and kit_digest() != p.kit:
+            _void(p.todo, p.maxima)
     rows = [Row.from_results(s, json.loads(p.layout.result(s).read_text())) for s in p.students]
     return Outcome(rows, graded=len(p.todo), skipped=len(p.students) - len(p.todo), maxima=p.maxima,
                    titles=p.titles)
@@ -284,8 +321,10 @@ def grade_submission(job: Job, tmp: str) -> None:
         os.close(log)
         os.environ["TMPDIR"] = tempfile.tempdir = tmp  # the rank processes inherit it
         data = _grade(job)
-        # a SIGTERM from here on would leave a temp file beside the results instead of the results
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # a SIGTERM from here on would leave a temp file beside the results instead of the results. Ignored,
+        # not blocked: pthread_sigmask blocks it for this thread only, and torch's threads would still take
+        # it, after which _leave raises SystemExit in the middle of json.dump (a half-written temp file).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         results_json.write(job.results, data)
     finally:
         # the batch removes it as well, but not when the batch itself was killed: then only this runs
@@ -306,6 +345,21 @@ def _grade(job: Job) -> dict:
         return failed_results(f"the grader raised {type(e).__name__}: {e}", maxima, time.monotonic() - start,
                               job.fingerprint)
     return graded_results(results, list(maxima), time.monotonic() - start, job.fingerprint)
+
+
+CHANGED = ("the grader's own files changed while this batch ran (a submission may write to them), so no "
+           "grade of the run can be trusted: restore the kit (git checkout, pip install) and run the batch again")
+
+
+def _void(jobs: list[Job], maxima: dict[str, float]) -> None:
+    """Replace every result the run wrote by a failure that says why, with a fingerprint that never matches.
+
+    Which submission changed the grader, and which gradings ran the changed code, cannot be told apart
+    afterwards: every one of the run is graded again by the next run.
+    """
+    for job in jobs:
+        if done(job.results, job.fingerprint) is not None:
+            results_json.write(job.results, failed_results(CHANGED, maxima, 0.0, VOID))
 
 
 def _maxima(cases: list[Case]) -> dict[str, float]:

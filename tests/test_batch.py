@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import EX1_SOLUTION as SOLUTION, KIT, planted, still_marked
 from grader import batch
@@ -203,6 +205,132 @@ def test_plan_regrades_only_what_changed(lab_dir, reference):
         full.write_text(SOLUTION)
     everyone = batch.plan(lab_dir / "subs", reference / "grades.csv", settings, regrade=True).todo
     assert [j.student for j in everyone] == sorted(SUBMISSIONS)
+
+
+@pytest.fixture
+def grader_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of the grader package that batch hashes instead of the real one, which stays untouched."""
+    copy = tmp_path / "grader"
+    shutil.copytree(batch.GRADER_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(batch, "GRADER_ROOT", copy)
+    return copy
+
+
+def test_plan_regrades_everyone_when_the_grader_changes(lab_dir, reference, grader_copy, monkeypatch):
+    """A results file graded by one grader is not kept once any file of the grader differs (a forged
+    grading.py restored after a hostile submission rewrote it, say), nor under another torch."""
+    settings = batch.Settings(manifest=lab_dir / "manifest.yaml")
+
+    def todo() -> list[str]:
+        return [j.student for j in batch.plan(lab_dir / "subs", reference / "grades.csv", settings).todo]
+
+    assert todo() == []  # the same bytes at another path: the same grader
+    grading = grader_copy / "grading.py"
+    original = grading.read_bytes()
+    grading.write_bytes(original + b"# forged: every case passes\n")
+    assert todo() == sorted(SUBMISSIONS)
+    grading.write_bytes(original)
+    assert todo() == []
+    check = grader_copy / "checks" / "ex1.py"  # a file in a subpackage counts too
+    check_source = check.read_bytes()
+    check.write_bytes(check_source + b"\n")
+    assert todo() == sorted(SUBMISSIONS)
+    check.write_bytes(check_source)
+    assert todo() == []
+    (grader_copy / "checks" / "ex8.py").write_text("# a new check module\n")  # a file added counts
+    assert todo() == sorted(SUBMISSIONS)
+    (grader_copy / "checks" / "ex8.py").unlink()
+    (grader_copy / "checks" / "ex1.py").rename(grader_copy / "checks" / "ex1_old.py")  # and so does a rename
+    assert todo() == sorted(SUBMISSIONS)
+    (grader_copy / "checks" / "ex1_old.py").rename(grader_copy / "checks" / "ex1.py")
+    # compiled files and other files are not the grader's source
+    (grader_copy / "__pycache__").mkdir()
+    (grader_copy / "__pycache__" / "grading.py").write_text("stale\n")
+    (grader_copy / "NOTES.txt").write_text("notes\n")
+    assert todo() == []
+    monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    assert todo() == sorted(SUBMISSIONS)
+
+
+def test_the_grader_is_hashed_once_per_plan(lab_dir, reference, monkeypatch):
+    calls = []
+    real = batch.kit_digest
+    monkeypatch.setattr(batch, "kit_digest", lambda *a: calls.append(a) or real(*a))
+    settings = batch.Settings(manifest=lab_dir / "manifest.yaml")
+    assert batch.plan(lab_dir / "subs", reference / "grades.csv", settings).todo == []
+    assert len(calls) == 1, f"{len(calls)} digests of the grader for {len(SUBMISSIONS)} students"
+
+
+def test_plan_regrades_everyone_when_the_manifest_bytes_change(lab_dir, reference, tmp_path):
+    """The manifest file's bytes count, not only the selected cases: even a comment added regrades."""
+    copy = tmp_path / "manifest.yaml"
+    copy.write_text(MANIFEST)
+
+    def todo() -> list[str]:
+        settings = batch.Settings(manifest=copy)
+        return [j.student for j in batch.plan(lab_dir / "subs", reference / "grades.csv", settings).todo]
+
+    assert todo() == []  # the same bytes at another path
+    copy.write_text(MANIFEST + "# the deadlines were checked on the new machine\n")
+    assert todo() == sorted(SUBMISSIONS)
+
+
+def fake_schedule(change_grader=None):
+    """batch._schedule without processes: every job gets a full-marks results file, as a forged grader gives."""
+
+    def schedule(jobs, width, limit, maxima, finished):
+        for job in jobs:
+            data = batch.failed_results("", maxima, 1.0, job.fingerprint)
+            data.update(score=sum(maxima.values()), tests=[])
+            data["extra_data"]["cplab"]["exercises"] = {ex: [mx, mx] for ex, mx in maxima.items()}
+            batch.results_json.write(job.results, data)
+            if change_grader:
+                change_grader()
+            finished(job)
+
+    return schedule
+
+
+def test_results_graded_while_the_grader_changed_are_void(lab_dir, grader_copy, tmp_path, monkeypatch):
+    """A submission that rewrites the grader during the run forges the grades graded after it; restoring
+    the file does not make them good: the run's results read as failed, and the next run grades them."""
+    settings = batch.Settings(manifest=lab_dir / "manifest.yaml")
+    out = tmp_path / "out" / "grades.csv"
+    grading = grader_copy / "grading.py"
+    original = grading.read_bytes()
+    monkeypatch.setattr(batch, "_schedule", fake_schedule(lambda: grading.write_bytes(original + b"# forged\n")))
+    outcome = batch.execute(batch.plan(lab_dir / "subs", out, settings))
+    assert [(r.student, r.score, r.error) for r in outcome.rows] == [(s, 0.0, batch.CHANGED)
+                                                                      for s in sorted(SUBMISSIONS)]
+    # the file is restored: the void results are still graded again
+    grading.write_bytes(original)
+    assert [j.student for j in batch.plan(lab_dir / "subs", out, settings).todo] == sorted(SUBMISSIONS)
+
+    monkeypatch.setattr(batch, "_schedule", fake_schedule())  # a run where nothing changes is kept
+    outcome = batch.execute(batch.plan(lab_dir / "subs", out, settings))
+    assert [(r.score, r.error) for r in outcome.rows] == [(3.0, "")] * len(SUBMISSIONS)
+    assert batch.plan(lab_dir / "subs", out, settings).todo == []
+
+
+def test_an_interrupted_run_that_changed_the_grader_keeps_nothing_forged(lab_dir, grader_copy, tmp_path,
+                                                                         monkeypatch):
+    settings = batch.Settings(manifest=lab_dir / "manifest.yaml")
+    out = tmp_path / "out" / "grades.csv"
+    grading = grader_copy / "grading.py"
+    forged = fake_schedule(lambda: grading.write_bytes(grading.read_bytes() + b"# forged\n"))
+
+    def interrupted(jobs, *args):
+        forged(jobs[:2], *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_schedule", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.execute(batch.plan(lab_dir / "subs", out, settings))
+    written = sorted(p.stem for p in (out.parent / "results").glob("*.json"))
+    assert written == sorted(SUBMISSIONS)[:2]  # the students not reached have no results file
+    for student in written:
+        meta = json.loads((out.parent / "results" / f"{student}.json").read_text())["extra_data"]["cplab"]
+        assert (meta["fingerprint"], meta["error"]) == (batch.VOID, batch.CHANGED)
 
 
 def test_batch_refuses_a_folder_without_submissions(tmp_path, capsys):
