@@ -146,6 +146,10 @@ class Grader:
                 verdict = check.judge(case, inputs, run.ranks)
             except Exception as e:
                 verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
+        if not verdict.passed:
+            # Fresh ranks cost milliseconds: whatever a failed case left in its ranks (threads, state,
+            # a half-finished collective) must not reach the submission's next case.
+            self.runner.pool(nranks).recycle()
         return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks])
 
     def prepare(self, cases: list[Case]) -> None:
@@ -247,10 +251,23 @@ def _memory_error(message: str) -> bool:
     return message.startswith("MemoryError") or "can't allocate memory" in message or "bad_alloc" in message
 
 
+def _limit_hit(message: str) -> str:
+    """The sandbox limit an exception's message says was reached, or ''."""
+    if "Too many open files" in message:
+        return f"{limits.open_files} open-files limit"
+    if "can't start new thread" in message or "Resource temporarily unavailable" in message:
+        return f"{limits.processes} processes limit (processes and threads of all ranks together)"
+    return ""
+
+
 def _student_error(errors: list[RankOutcome]) -> Verdict:
     first = errors[0]
     e = first.error
     kind = ERROR_KINDS.get(e.get("kind", ""), Kind.EXCEPTION)
+    limit = _limit_hit(e.get("message", "")) if kind is Kind.EXCEPTION else ""
+    if limit:
+        return fail(Kind.LIMIT, f"rank {first.rank} reached its {limit} ({e.get('message', '')})"
+                                + (f" at {e['where']}" if e.get("where") else ""))
     if kind is Kind.EXCEPTION and _memory_error(e.get("message", "")):
         return fail(Kind.LIMIT, f"rank {first.rank} exceeded its {limits.memory >> 30} GiB memory limit "
                                 f"({e.get('message', '')})" + (f" at {e['where']}" if e.get("where") else ""))

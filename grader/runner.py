@@ -191,6 +191,11 @@ class RankPool:
             conn.close()
         self.conns, self.pids, self.inner, self.init, self.ready = [], {}, {}, 0, False
 
+    def recycle(self) -> None:
+        """Replace the ranks with fresh ones (after a failed case: threads or state it left die with them)."""
+        self.kill()
+        self.launch()
+
     def close(self) -> None:
         """Ask the ranks to leave, then make sure everything of the pool is gone."""
         for conn in self.conns:
@@ -247,6 +252,11 @@ class RankPool:
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
             o.stderr = _tail(paths[r]["stderr"])
+            flooded = [k for k in ("stdout", "stderr") if _size(paths[r][k]) >= self.sandbox.limits.file_size]
+            if flooded and self.sandbox.active:
+                o.status, o.error = "limit", {"limit": "file_size", "message": (
+                    f"rank {r} wrote its {flooded[0]} up to its {self.sandbox.limits.file_size >> 20} MiB "
+                    f"file-size limit")}
         shutil.rmtree(case_dir, ignore_errors=True)
         if not clean:
             self.launch()
@@ -379,6 +389,13 @@ def _read_answer(rank: int, data: bytes) -> RankOutcome:
     if status == "error":
         return RankOutcome(rank, "error", error=answer)
     return RankOutcome(rank, "grader_error", error=answer if isinstance(answer, dict) else {})
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _tail(path: str) -> str:

@@ -26,6 +26,7 @@ takes the whole tree with it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -161,6 +162,7 @@ def shared() -> Zygote:
     global _shared
     if _shared is None:
         _shared = Zygote()
+        atexit.register(_shared.close)
     return _shared
 
 
@@ -183,10 +185,22 @@ def serve(fd: int) -> None:
     die_with_parent()
     sock = socket.socket(fileno=fd)
     import importlib
+    import shutil
+    import tempfile
 
-    for name in PRELOAD:
-        importlib.import_module(name)
-    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    # torch._dynamo makes a cache folder on import: keep it the zygote's, and gone with it.
+    cache = tempfile.mkdtemp(prefix="cplab-zygote-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    try:
+        for name in PRELOAD:
+            importlib.import_module(name)
+        signal.signal(signal.SIGCHLD, lambda *_: _reap())
+        _loop(sock)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _loop(sock: socket.socket) -> None:
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 64)

@@ -122,7 +122,7 @@ def test_batch_gives_every_submission_its_row(reference):
     assert {s: d["extra_data"]["cplab"]["failures"] for s, d in data.items()} == EXPECTED_FAILURES
     if SANDBOXED:
         assert all("Operation not permitted" in t["output"] for t in data["crash"]["tests"]
-                   if t["visibility"] != "hidden")
+                   if t["visibility"] == "visible")
     else:
         [crash_test] = data["crash"]["tests"]
         assert (crash_test["name"], crash_test["max_score"], crash_test["output"]) == ("autograder failed", 3, CRASHED)

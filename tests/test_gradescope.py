@@ -117,7 +117,7 @@ def test_submission_that_kills_the_grader_still_gets_results(autograder):
         # Sandboxed: the rank's parent is its pool's init, owned by root, so the kill is refused and
         # the grader writes its own results, every case graded.
         assert data["score"] == 0 and data["tests"] and all(t["name"].startswith("ex1") for t in data["tests"])
-        assert all("Operation not permitted" in t["output"] for t in data["tests"] if t["visibility"] != "hidden")
+        assert all("Operation not permitted" in t["output"] for t in data["tests"] if t["visibility"] == "visible")
         return
     [test] = data["tests"]
     assert (test["name"], test["score"], test["max_score"]) == ("autograder failed", 0, 4)
