@@ -1,8 +1,8 @@
 """Checks of exercise 7 (one context-parallel training step): the loss and every parameter's gradient.
 
-Every rank builds the kit's TinyCausalLM from the case's seed (grader.model,
-trusted code; the same weights everywhere), hands it and its shard of the
-seeded tokens to the student's cp_train_step, and sends back the returned
+Every rank builds the kit's TinyCausalLM from the model seed it is sent
+(grader.model, trusted code; the same weights everywhere), hands it and its
+shard of the seeded tokens to the student's cp_train_step, and sends back the returned
 loss, every parameter's .grad and which parameters changed value. The grader
 builds the same model in float64 and runs reference_train_step on the whole
 sequence: that is the truth at every P. When a value is wrong, it recomputes
@@ -13,6 +13,7 @@ all-reduced) to name the one that matches.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from typing import Any
 
@@ -42,9 +43,15 @@ def _sizes(case: Any) -> tuple[int, int]:
     return case.shape.get("B", 2), case.shape["S"]
 
 
-def _config(case: Any) -> ModelConfig:
+def model_seed(case: Any) -> int:
+    """The seed of the model's weights: a stable hash of the case's seed, so each case has its own
+    weights and the ranks, which are sent this number, are not sent the seed of the inputs."""
+    return int.from_bytes(hashlib.blake2b(f"{case.seed}/model".encode(), digest_size=4).digest(), "little")
+
+
+def _config(case: Any, seed: int | None = None) -> ModelConfig:
     """The kit's model; `params: {model: {...}}` overrides ModelConfig fields (n_head for Ulysses at P = 3)."""
-    return ModelConfig(seed=case.seed, **case.params.get("model", {}))
+    return ModelConfig(seed=model_seed(case) if seed is None else seed, **case.params.get("model", {}))
 
 
 def _tokens(case: Any) -> torch.Tensor:
@@ -236,14 +243,16 @@ class Step(Check):
     """cp_train_step on the kit's model: loss, parameters left unchanged, every .grad vs the float64 step."""
 
     def inputs(self, case):
-        tokens = _tokens(case)
-        return per_member(case, lambda i: {"tokens": reference.shard(tokens, i, case.group_size, 1, case.scheme)})
+        tokens, seed = _tokens(case), model_seed(case)
+        return per_member(case, lambda i: {"tokens": reference.shard(tokens, i, case.group_size, 1, case.scheme),
+                                           "model_seed": seed})
 
     def task(self, ctx):
         from grader.adapter import StudentError
 
         case = ctx.case
-        model = build_model(_config(case), dtype=DTYPES[case.dtype], device=ctx.device)  # .grad all None
+        model = build_model(_config(case, ctx.inputs["model_seed"]), dtype=DTYPES[case.dtype],
+                            device=ctx.device)  # .grad all None
         before = [p.detach().clone() for p in model.parameters()]
         attention = _attention(case)
         try:
@@ -355,7 +364,8 @@ class Errors(Check):
         return Step().inputs(case)
 
     def task(self, ctx):
-        model = build_model(_config(ctx.case), dtype=DTYPES[ctx.case.dtype], device=ctx.device)
+        model = build_model(_config(ctx.case, ctx.inputs["model_seed"]), dtype=DTYPES[ctx.case.dtype],
+                            device=ctx.device)
         return {self.BAD: try_call(ctx, "cp_train_step", model, ctx.tensor("tokens"), scheme=ctx.case.scheme,
                                    attention="flash", group=ctx.group)}
 
