@@ -7,7 +7,9 @@ case (importing torch is most of a fresh start). For each job a rank:
   2. starts the live trace and joins a new process group (FileStore in the
      run's temp dir: no port to collide on),
   3. imports the student's exercise modules afresh through the adapter and
-     runs the check's task, which calls the student's functions,
+     runs the check's task (grader.tasks), which calls the student's
+     functions; the rank knows of its case only the job's Spec and its own
+     inputs, cut to what the task reads,
   4. sends back the packed result (tensors on the CPU, serialised with
      torch.save so the parent can load it with weights_only=True), or the
      student's error with the line it came from, then leaves the group.
@@ -46,7 +48,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class RankContext:
-    """What a check's task sees in a rank: who it is, its inputs, and the student's functions."""
+    """What a check's task sees in a rank: who it is, the case's Spec, its inputs, and the student's functions."""
 
     rank: int
     world_size: int
@@ -54,7 +56,7 @@ class RankContext:
     group_rank: int | None
     group_size: int
     device: Any
-    case: Any
+    spec: Any
     inputs: dict
     submission: Any
     module: str
@@ -104,7 +106,7 @@ def _run_job(job: dict, rank: int) -> dict:
     import torch
     import torch.distributed as dist
 
-    from grader import checks, instrument
+    from grader import instrument, tasks
     from grader.adapter import StudentError, Submission
 
     _leave_group()
@@ -124,14 +126,15 @@ def _run_job(job: dict, rank: int) -> dict:
             group = dist.new_group(list(job["group"]))
             group_rank = job["group"].index(rank) if rank in job["group"] else None
             group_size = len(job["group"])
-        inputs = torch.load(io.BytesIO(job["inputs"]), weights_only=True)[rank]
-        check = checks.get(job["exercise"], job["check"])
+        # popped: the student's code, which can walk up to this frame, finds no other rank's inputs
+        inputs = torch.load(io.BytesIO(job.pop("inputs")), weights_only=True)[rank]
+        task = tasks.get(job["exercise"], job["check"])
         ctx = RankContext(rank=rank, world_size=world, group=group, group_rank=group_rank,
-                          group_size=group_size, device=device, case=job["case"], inputs=inputs,
+                          group_size=group_size, device=device, spec=tasks.Spec(**job["spec"]), inputs=inputs,
                           submission=submission, module=job["module"])
-        torch.manual_seed(job["seed"] * 1000 + rank)
+        torch.manual_seed(rank)  # reproducible, and telling nothing of the case
         try:
-            payload = check.task(ctx) if ctx.in_group else {}
+            payload = task(ctx) if ctx.in_group else {}
         except StudentError as e:
             return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
                     "where": e.where, "traceback": e.tb}
