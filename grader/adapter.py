@@ -27,12 +27,22 @@ class StudentError(Exception):
         self.exc_type = exc_type
 
 
+# The grader modules a rank runs; the rest (references, input generators, checks, judges) stay
+# in the grader's process. A submission that leans on them fails in the self-check as on the grader.
+RANK_MODULES = ("grader", "grader.worker", "grader.adapter", "grader.instrument", "grader.probes",
+                "grader.model", "grader.tasks", "grader.sandbox", "grader.zygote", "grader.procfs")
+
+
 class _HideKitSolutions(importlib.abc.MetaPathFinder):
-    """The kit's solutions/ is never importable from a rank, whatever sys.path holds."""
+    """From a rank, neither the kit's solutions/ nor the grader's parent-side modules are importable."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name == "solutions" or name.startswith("solutions."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name.startswith("grader.") and not any(name == m or name.startswith("grader.tasks.")
+                                                  for m in RANK_MODULES):
+            raise ModuleNotFoundError(f"No module named {name!r} (the grader's own modules stay outside "
+                                      f"the ranks)", name=name)
         return None
 
 

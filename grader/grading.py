@@ -6,6 +6,7 @@ batch): they differ only in which cases they select and how they report.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from grader import checks
 from grader.manifest import Case, Exercise, Manifest
 from grader.runner import RankOutcome, Runner, RunOutcome
 from grader.sandbox import Limits
+from grader.tasks import Spec
 from grader.verdict import Kind, Verdict, fail
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -134,10 +136,11 @@ class Grader:
         try:
             inputs = check.inputs(case)
             nranks = check.ranks(case)
+            # The ranks get a Spec (no seed, name or visibility) and only the inputs their task reads
             job = {"submission": str(self.staged), "modules": self.modules, "module": exercise.module,
-                   "exercise": case.exercise, "check": case.check, "case": case, "backend": backend,
-                   "group": list(case.group) if case.group and nranks > 1 else None, "seed": case.seed}
-            run = self.runner.pool(nranks).run(job, inputs, case.timeout)
+                   "exercise": case.exercise, "check": case.check, "spec": dataclasses.asdict(Spec.of(case)),
+                   "backend": backend, "group": list(case.group) if case.group and nranks > 1 else None}
+            run = self.runner.pool(nranks).run(job, check.rank_inputs(inputs), case.timeout)
         except Exception as e:  # the kit's own failure: never charged to the student silently
             return CaseResult(case, fail(Kind.GRADER_ERROR, f"{type(e).__name__}: {e}"))
         verdict = diagnose(case, run)

@@ -36,8 +36,7 @@ MIB = 1 << 20
 
 # Modules a rank needs; every other grader module stays outside the sandbox (see grader.adapter too).
 RANK_MODULES = ("__init__.py", "__main__.py", "worker.py", "adapter.py", "instrument.py", "probes.py",
-                "model.py", "sandbox.py", "zygote.py", "tasks", "procfs.py",
-                "checks", "reference.py", "compare.py", "verdict.py", "manifest.py")  # TEMP until the task split
+                "model.py", "sandbox.py", "zygote.py", "tasks", "procfs.py")
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18

@@ -7,8 +7,9 @@ then the sandbox uid), then for each job:
   1. points fd 1 and 2 at this case's capture files,
   2. joins a new process group (FileStore in the case's folder: no port to
      collide on) and starts the live trace,
-  3. imports the student's exercise module afresh through the adapter and
-     tells the grader it has started: the case's budget counts from here, so
+  3. imports the student's exercise module afresh through the adapter (the
+     rank knows of its case only the job's Spec and its own inputs, cut to
+     what the task reads) and tells the grader it has started: the case's budget counts from here, so
      starting ranks, joining the group and importing never spend it,
   4. runs the check's task, which calls the student's functions, and sends
      back the packed result (plain CPU tensors, serialised with torch.save so
@@ -40,7 +41,7 @@ KIT_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class RankContext:
-    """What a check's task sees in a rank: who it is, its inputs, and the student's functions."""
+    """What a check's task sees in a rank: who it is, the case's Spec, its inputs, and the student's functions."""
 
     rank: int
     world_size: int
@@ -48,7 +49,7 @@ class RankContext:
     group_rank: int | None
     group_size: int
     device: Any
-    case: Any
+    spec: Any
     inputs: dict
     submission: Any
     module: str
@@ -98,7 +99,7 @@ def _run_job(job: dict, rank: int, started: Any) -> dict:
     import torch
     import torch.distributed as dist
 
-    from grader import checks, instrument
+    from grader import instrument, tasks
     from grader.adapter import StudentError, Submission
 
     _leave_group()
@@ -118,12 +119,13 @@ def _run_job(job: dict, rank: int, started: Any) -> dict:
             group = dist.new_group(list(job["group"]))
             group_rank = job["group"].index(rank) if rank in job["group"] else None
             group_size = len(job["group"])
-        inputs = torch.load(io.BytesIO(job["inputs"]), weights_only=True)
-        check = checks.get(job["exercise"], job["check"])
+        # popped: the student's code, which can walk up to this frame, finds no other rank's inputs
+        inputs = torch.load(io.BytesIO(job.pop("inputs")), weights_only=True)
+        task = tasks.get(job["exercise"], job["check"])
         ctx = RankContext(rank=rank, world_size=world, group=group, group_rank=group_rank,
-                          group_size=group_size, device=device, case=job["case"], inputs=inputs,
+                          group_size=group_size, device=device, spec=tasks.Spec(**job["spec"]), inputs=inputs,
                           submission=submission, module=job["module"])
-        torch.manual_seed(job["seed"] * 1000 + rank)
+        torch.manual_seed(rank)  # reproducible, and telling nothing of the case
         try:
             submission.module(job["module"])
         except StudentError as e:
@@ -132,7 +134,7 @@ def _run_job(job: dict, rank: int, started: Any) -> dict:
                         "where": e.where, "traceback": e.tb}
         started()
         try:
-            payload = check.task(ctx) if ctx.in_group else {}
+            payload = task(ctx) if ctx.in_group else {}
         except StudentError as e:
             return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
                     "where": e.where, "traceback": e.tb}

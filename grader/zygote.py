@@ -41,7 +41,7 @@ MAX_REQUEST = 1 << 16
 # torch._dynamo and sympy are what torch imports on the first FLOP count, memory probe or backward
 # (over 1 s per rank); importing them runs no op, so they load here once.
 PRELOAD = ("torch", "torch.distributed", "torch.utils.flop_counter", "torch.utils._python_dispatch",
-           "torch._dynamo", "sympy", "grader.worker", "grader.checks", "grader.probes", "grader.model",
+           "torch._dynamo", "sympy", "grader.worker", "grader.tasks", "grader.probes", "grader.model",
            "grader.sandbox", "grader.procfs")
 
 

@@ -1,13 +1,18 @@
 """Checks: how each kind of case is run and judged, one module per exercise (ex1.py ... ex7.py).
 
 A check has three parts, and the process each runs in is the point:
-  - `inputs(case)`, in the grader: seeded inputs, one dict per rank;
-  - `task(ctx)`, in every rank: calls the student's functions through
-    `ctx.call` and returns what it got (tensors, numbers, strings);
+  - `inputs(case)`, in the grader: seeded inputs, one dict per rank; it may
+    hold what only the judge needs (the whole sequence, the answer);
+  - its task, in every rank: grader/tasks/exN.py, registered under the same
+    exercise and check name; it calls the student's functions and returns
+    what it got (tensors, numbers, strings). It sees a Spec of the case (no
+    seed, name or visibility) and only the keys of its rank's input dict
+    that the check lists in `sends` (`rank_inputs`);
   - `judge(case, inputs, results)`, in the grader: compares every rank's
     result with the float64 reference and the communication record, and
     returns a Verdict.
-Untrusted code only ever runs in `task`; references and comparisons never do.
+Untrusted code only ever runs beside the task; this package, the references
+and the comparisons are not importable there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Check:
 
     #: run the task on a one-rank world, looping over "ranks" inside it (for functions with no collective)
     local = False
+    #: the keys of a rank's input dict that its task reads: the only ones sent to the ranks
+    sends: tuple[str, ...] = ()
 
     def ranks(self, case: Any) -> int:
         return 1 if self.local else case.world_size
@@ -32,8 +39,9 @@ class Check:
     def inputs(self, case: Any) -> list[dict]:
         raise NotImplementedError
 
-    def task(self, ctx: Any) -> dict:
-        raise NotImplementedError
+    def rank_inputs(self, inputs: list[dict]) -> list[dict]:
+        """What the ranks get of `inputs`: each dict cut to `sends` (a rank outside the group has none)."""
+        return [{k: d[k] for k in self.sends if k in d} for d in inputs]
 
     def judge(self, case: Any, inputs: list[dict], results: list[Any]) -> Verdict:
         raise NotImplementedError
@@ -74,10 +82,6 @@ def names(exercise: str) -> list[str]:
     return sorted(_load(exercise))
 
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
-
-
 def generator(case: Any, salt: int = 0) -> torch.Generator:
     """The case's seeded generator: the same inputs on every run and every machine."""
     return torch.Generator().manual_seed(case.seed * 7919 + salt)
@@ -99,23 +103,6 @@ def member_positions(case: Any, i: int) -> torch.Tensor:
     from grader import reference
 
     return reference.positions(case.shape["S"], i, case.group_size, case.scheme)
-
-
-def try_call(ctx: Any, name: str, *args: Any, **kwargs: Any) -> dict:
-    """Call a student function that should raise: what it raised, or that it returned.
-
-    A stub's NotImplementedError still propagates, so an untouched exercise
-    reads "not implemented yet" rather than "raised the wrong error".
-    """
-    from grader.adapter import StudentError
-
-    try:
-        ctx.call(name, *args, **kwargs)
-    except StudentError as e:
-        if e.kind in ("not_implemented", "missing", "syntax_error", "early_exit"):
-            raise
-        return {"raised": e.exc_type, "message": e.message}
-    return {"raised": "", "message": ""}
 
 
 def judge_value_errors(results: dict, expected: dict) -> Verdict | None:

@@ -1,13 +1,14 @@
 """The distributed attention case that ex3, ex4 and ex5 share, and its judgements.
 
 Every rank gets its shards of q, k, v (B, H, S/P, D) under the case's scheme,
-calls the student's attention, and sends back its output shard (and, in a
-backward case, the gradients of its shards for a random upstream gradient).
-The grader compares each rank with the float64 single-device causal
-attention, and explains a mismatch with evidence: a map of the error per
-rank and token block, and whether the error sits only where keys come from
-other ranks. Other modes judge what moved (the live comm record), the work
-done (FLOPs), peak live memory, and causality by perturbing the future.
+calls the student's attention (grader/tasks/attention.py), and sends back its
+output shard (and, in a backward case, the gradients of its shards for a
+random upstream gradient). The grader compares each rank with the float64
+single-device causal attention, and explains a mismatch with evidence: a map
+of the error per rank and token block, and whether the error sits only where
+keys come from other ranks. Other modes judge what moved (the live comm
+record), the work done (FLOPs), peak live memory, and causality by perturbing
+the future.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import DTYPES, Check, member_positions, per_member, randn, register
+from grader.checks import Check, member_positions, per_member, randn, register
 from grader.compare import check_tensor, tolerance
-from grader.probes import measure
+from grader.tasks import DTYPES
 from grader.verdict import PASS, Kind, Verdict, fail
 
 GATHER_OPS = {"all_gather", "all_gather_into_tensor", "all_gather_single", "_all_gather_base"}
@@ -72,26 +73,6 @@ class DistributedAttention(Check):
 
         return per_member(case, member)
 
-    def task(self, ctx):
-        case = ctx.case
-        q, k, v = ctx.tensor("q"), ctx.tensor("k"), ctx.tensor("v")
-        call = lambda q_, k_, v_: ctx.call(self.function, q_, k_, v_, scheme=case.scheme, group=ctx.group)
-        if self.mode == "backward":
-            q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
-            out = call(q, k, v)
-            if not isinstance(out, torch.Tensor) or not out.requires_grad:
-                return {"out": out, "no_grad": True}
-            g = ctx.tensor("g").to(out.dtype)
-            ctx.submission.run(f"{case.exercise} {self.function} backward", out.backward, g)
-            return {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
-        if self.mode == "causality":
-            first = call(q, k, v)
-            second = call(q, ctx.tensor("k2"), ctx.tensor("v2"))
-            return {"out": first, "out2": second}
-        out, found = measure(lambda: call(q, k, v), flops=self.mode == "compute",
-                             memory=self.mode == "memory", device=ctx.device)
-        return {"out": out, **found}
-
     def judge(self, case, inputs, outcomes):
         full = {n: inputs[case.members[0]][f"full_{n}"] for n in ("q", "k", "v", "g")}
         # What a case is about is judged first: a ring with the wrong peers is a communication failure
@@ -112,10 +93,15 @@ class DistributedAttention(Check):
         return verdict or PASS
 
 
+#: what each mode's task reads; the whole sequence (full_*) is the judge's alone
+SENDS = {"backward": ("q", "k", "v", "g"), "causality": ("q", "k", "v", "k2", "v2")}
+
+
 def register_attention(exercise: str, function: str, modes: tuple[str, ...]) -> None:
     for mode in modes:
         register(exercise, mode)(type(f"{exercise}_{mode}", (DistributedAttention,),
-                                      {"__init__": lambda self, m=mode: DistributedAttention.__init__(self, function, m)}))
+                                      {"__init__": lambda self, m=mode: DistributedAttention.__init__(self, function, m),
+                                       "sends": SENDS.get(mode, ("q", "k", "v"))}))
 
 
 def _reference(case: Any, full: dict, grads: bool = False) -> dict:

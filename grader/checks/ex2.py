@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import DTYPES, Check, generator, randn, register
+from grader.checks import Check, generator, randn, register
 from grader.compare import check_tensor, tolerance
+from grader.tasks import DTYPES
 from grader.verdict import PASS, Kind, Verdict
 
 MASK_HINT = ("Mask by global positions: key j is visible to query i iff k_pos[j] <= q_pos[i]. A mask built "
@@ -76,17 +77,12 @@ def _nan_on_empty_rows(got: dict, want_lse: torch.Tensor) -> bool:
     return bool((bad_rows & torch.isinf(want_lse)).any())
 
 
-def _pair(result: Any) -> dict:
-    if isinstance(result, (list, tuple)) and len(result) == 2:
-        return {"out": result[0], "lse": result[1]}
-    return {"out": result, "lse": None}
-
-
 @register("ex2", "attention")
 class Attention(Check):
     """attention_with_lse on one query block and one key block, against the float64 masked softmax."""
 
     local = True
+    sends = ("q", "k", "v", "q_pos", "k_pos")
 
     def inputs(self, case):
         b, h, sq, sk, d = _sizes(case)
@@ -97,13 +93,6 @@ class Attention(Check):
         v = randn(case, b, h, sk, d, salt=4).to(dtype)
         q_pos, k_pos = _positions(case, sq, sk)
         return [{"q": q, "k": k, "v": v, "q_pos": q_pos, "k_pos": k_pos}]
-
-    def task(self, ctx):
-        causal = ctx.case.params.get("causal", True)
-        result = ctx.call("attention_with_lse", ctx.tensor("q"), ctx.tensor("k"), ctx.tensor("v"),
-                          ctx.tensor("q_pos"), ctx.tensor("k_pos"), causal=causal,
-                          scale=ctx.case.params.get("scale"))
-        return _pair(result)
 
     def judge(self, case, inputs, outcomes):
         x = inputs[0]
@@ -119,6 +108,7 @@ class Merge(Check):
     """merge_attention on two partials of disjoint key sets, against attention over their union."""
 
     local = True
+    sends = ("out_a", "lse_a", "out_b", "lse_b")  # out and lse are the answer
 
     def inputs(self, case):
         b, h, sq, sk, d = _sizes(case)
@@ -137,10 +127,6 @@ class Merge(Check):
         lse_dtype = _lse_dtype(dtype)
         return [{"out_a": out_a.to(dtype), "lse_a": lse_a.to(lse_dtype), "out_b": out_b.to(dtype),
                  "lse_b": lse_b.to(lse_dtype), "out": out, "lse": lse, "q_pos": q_pos}]
-
-    def task(self, ctx):
-        args = [ctx.tensor(k) for k in ("out_a", "lse_a", "out_b", "lse_b")]
-        return _pair(ctx.call("merge_attention", *args))
 
     def judge(self, case, inputs, outcomes):
         x = inputs[0]

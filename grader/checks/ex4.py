@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from grader import reference
-from grader.checks import Check, member_positions, per_member, randn, register, try_call
+from grader.checks import Check, member_positions, per_member, randn, register
 from grader.checks.attention import register_attention, sizes
 from grader.compare import check_tensor
+from grader.tasks.ex4 import FUNCTION, MODES
 from grader.verdict import PASS, Kind, fail
 
-register_attention("ex4", "ulysses_attention", ("forward", "backward", "comm", "causality"))
+register_attention("ex4", FUNCTION, MODES)
 
 LAYOUT_HINT = ("After seq_to_head, rank r holds heads [r*H/P, (r+1)*H/P) of every token, the token axis "
                "being the shards of ranks 0..P-1 in rank order: all_to_all_single splits and concatenates "
@@ -29,15 +30,13 @@ def _head_sharded(full: torch.Tensor, case, i: int) -> torch.Tensor:
 class SeqToHead(Check):
     """Both directions: seq_to_head from each rank's sequence shard, head_to_seq from the head shard."""
 
+    sends = ("seq", "head")  # x, the whole sequence, stays with the judge
+
     def inputs(self, case):
         b, h, s, d = sizes(case)
         x = randn(case, b, h, s, d, salt=31)
         return per_member(case, lambda i: {"x": x, "seq": reference.shard(x, i, case.group_size, 2, case.scheme),
                                            "head": _head_sharded(x, case, i)})
-
-    def task(self, ctx):
-        return {"to_head": ctx.call("seq_to_head", ctx.tensor("seq"), group=ctx.group),
-                "to_seq": ctx.call("head_to_seq", ctx.tensor("head"), group=ctx.group)}
 
     def judge(self, case, inputs, outcomes):
         ranks = case.members
@@ -59,14 +58,11 @@ class SeqToHead(Check):
 class HeadsError(Check):
     """H % P != 0 must raise ValueError naming heads on every rank, before any all-to-all (never a hang)."""
 
+    sends = ("x",)
+
     def inputs(self, case):
         b, h, s, d = sizes(case)
         return [{"x": randn(case, b, h, s // case.world_size, d, salt=32)} for _ in range(case.world_size)]
-
-    def task(self, ctx):
-        x = ctx.tensor("x")
-        return {"seq_to_head": try_call(ctx, "seq_to_head", x, group=ctx.group),
-                "ulysses_attention": try_call(ctx, "ulysses_attention", x, x, x, group=ctx.group)}
 
     def judge(self, case, inputs, outcomes):
         h = sizes(case)[1]

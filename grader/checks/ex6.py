@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import (DTYPES, Check, generator, judge_value_errors, member_positions, per_member, randn,
-                           register, try_call)
+from grader.checks import Check, generator, judge_value_errors, member_positions, per_member, randn, register
 from grader.compare import Tolerance, check_tensor, tolerance
+from grader.tasks import DTYPES
+from grader.tasks.ex6 import BAD_LABELS
 from grader.verdict import PASS, Kind, fail
 
 SHIFT_HINT = ("The label at global position t is the token at t + 1, wherever that token lives: shift in "
@@ -137,14 +138,11 @@ def _explain_labels(case: Any, tokens: torch.Tensor, got: dict, want: dict) -> t
 class Labels(Check):
     """shift_labels on every rank's shard of the token ids, against the next-token labels, exactly."""
 
+    sends = ("tokens",)
+
     def inputs(self, case):
         tokens = _tokens(case)
         return per_member(case, lambda i: {"tokens": _shard(case, tokens, i)})
-
-    def task(self, ctx):
-        kwargs = {"ignore_index": _ignore(ctx.case)} if "ignore_index" in ctx.case.params else {}
-        return {"labels": ctx.call("shift_labels", ctx.tensor("tokens"), scheme=ctx.case.scheme,
-                                   group=ctx.group, **kwargs)}
 
     def judge(self, case, inputs, outcomes):
         tokens = _tokens(case)
@@ -279,19 +277,12 @@ def _explain_grad(case: Any, got: list, want: list, logits: torch.Tensor, labels
 class Loss(Check):
     """sharded_cross_entropy: the value on every rank, and logits.grad after every rank's own backward."""
 
+    sends = ("logits", "labels")
+
     def inputs(self, case):
         logits = _logits(case)
         labels = _labels(case, _tokens(case))
         return per_member(case, lambda i: {"logits": _shard(case, logits, i), "labels": _shard(case, labels, i)})
-
-    def task(self, ctx):
-        logits = ctx.tensor("logits").clone().requires_grad_(True)  # (B, S/P, V), a leaf in the case's dtype
-        kwargs = {"ignore_index": _ignore(ctx.case)} if "ignore_index" in ctx.case.params else {}
-        loss = ctx.call("sharded_cross_entropy", logits, ctx.tensor("labels"), group=ctx.group, **kwargs)
-        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            return {"loss": loss, "no_grad": True}
-        ctx.submission.run("ex6 sharded_cross_entropy backward", loss.backward)
-        return {"loss": loss, "grad": logits.grad}
 
     def judge(self, case, inputs, outcomes):
         ranks = case.members
@@ -355,24 +346,15 @@ class Loss(Check):
 # ---------------------------------------------------------------------------------------------
 # argument errors
 
-BAD_LABELS = {
-    "shift_labels(tokens, scheme='diagonal')": ({"scheme": "diagonal"}, 4, "scheme"),
-    "shift_labels(tokens of 3 local tokens, scheme='zigzag')": ({"scheme": "zigzag"}, 3, "seq_len"),
-}
-
-
 @register("ex6", "errors")
 class Errors(Check):
     """Bad arguments raise ValueError naming them; every rank makes the same call, so none waits alone."""
 
+    sends = ("tokens",)
+
     def inputs(self, case):
         tokens = torch.randint(0, 11, (2, 4), generator=generator(case, salt=33))
         return [{"tokens": tokens} for _ in range(case.world_size)]
-
-    def task(self, ctx):
-        tokens = ctx.tensor("tokens")
-        return {call: try_call(ctx, "shift_labels", tokens[:, :n].contiguous(), group=ctx.group, **kwargs)
-                for call, (kwargs, n, _) in BAD_LABELS.items()}
 
     def judge(self, case, inputs, outcomes):
         expected = {call: arg for call, (_, _, arg) in BAD_LABELS.items()}

@@ -1,18 +1,19 @@
 """Checks of exercise 7 (one context-parallel training step): the loss and every parameter's gradient.
 
-Every rank builds the kit's TinyCausalLM from the case's seed (grader.model,
-trusted code; the same weights everywhere), hands it and its shard of the
-seeded tokens to the student's cp_train_step, and sends back the returned
-loss, every parameter's .grad and which parameters changed value. The grader
-builds the same model in float64 and runs reference_train_step on the whole
-sequence: that is the truth at every P. When a value is wrong, it recomputes
-what the usual bugs would give (local rotary positions, a mean of per-rank
-means, labels shifted inside each shard, gradients averaged or never
-all-reduced) to name the one that matches.
+Every rank (grader/tasks/ex7.py) builds the kit's TinyCausalLM from the model
+seed it is sent (grader.model, trusted code; the same weights everywhere),
+hands it and its shard of the seeded tokens to the student's cp_train_step,
+and sends back the returned loss, every parameter's .grad and which
+parameters changed value. The grader builds the same model in float64 and
+runs reference_train_step on the whole sequence: that is the truth at every
+P. When a value is wrong, it recomputes what the usual bugs would give (local
+rotary positions, a mean of per-rank means, labels shifted inside each shard,
+gradients averaged or never all-reduced) to name the one that matches.
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from typing import Any
 
@@ -21,12 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader import reference
-from grader.checks import DTYPES, Check, generator, judge_value_errors, member_positions, per_member, register, try_call
+from grader.checks import Check, generator, judge_value_errors, member_positions, per_member, register
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.model import ModelConfig, build_model, causal_attention, reference_train_step
+from grader.tasks import DTYPES
+from grader.tasks.ex7 import BAD, attention_kind, model_config
 from grader.verdict import PASS, Kind, fail
 
-RING_MODULE = "ex5_ring_attention"
 IGNORE = -100
 
 POSITIONS_HINT = ("Pass the model the global positions of this rank's tokens, shard_positions(S, rank, P, "
@@ -42,18 +44,19 @@ def _sizes(case: Any) -> tuple[int, int]:
     return case.shape.get("B", 2), case.shape["S"]
 
 
+def model_seed(case: Any) -> int:
+    """The seed of the model's weights: a stable hash of the case's seed, so each case has its own
+    weights and the ranks, which are sent this number, are not sent the seed of the inputs."""
+    return int.from_bytes(hashlib.blake2b(f"{case.seed}/model".encode(), digest_size=4).digest(), "little")
+
+
 def _config(case: Any) -> ModelConfig:
-    """The kit's model; `params: {model: {...}}` overrides ModelConfig fields (n_head for Ulysses at P = 3)."""
-    return ModelConfig(seed=case.seed, **case.params.get("model", {}))
+    return model_config(case, model_seed(case))
 
 
 def _tokens(case: Any) -> torch.Tensor:
     b, s = _sizes(case)
     return torch.randint(0, _config(case).vocab_size, (b, s), generator=generator(case, salt=41))
-
-
-def _attention(case: Any) -> str:
-    return case.params.get("attention", "all_gather")
 
 
 class Truth:
@@ -235,37 +238,17 @@ def _explain_grads(case: Any, truth: Truth, got: dict[int, dict], tol: Tolerance
 class Step(Check):
     """cp_train_step on the kit's model: loss, parameters left unchanged, every .grad vs the float64 step."""
 
+    sends = ("tokens", "model_seed")
+
     def inputs(self, case):
-        tokens = _tokens(case)
-        return per_member(case, lambda i: {"tokens": reference.shard(tokens, i, case.group_size, 1, case.scheme)})
-
-    def task(self, ctx):
-        from grader.adapter import StudentError
-
-        case = ctx.case
-        model = build_model(_config(case), dtype=DTYPES[case.dtype], device=ctx.device)  # .grad all None
-        before = [p.detach().clone() for p in model.parameters()]
-        attention = _attention(case)
-        try:
-            loss = ctx.call("cp_train_step", model, ctx.tensor("tokens"), scheme=case.scheme,
-                            attention=attention, group=ctx.group)
-        except StudentError as e:
-            # Ring without the ex5 bonus backward: a clear error is "not attempted", not a failure
-            if attention != "ring" or e.kind not in ("not_implemented", "exception"):
-                raise e
-            without_bonus = _ring_without_backward(ctx)
-            if not without_bonus:
-                raise e
-            return {"ring_not_attempted": f"{without_bonus}; cp_train_step stopped with {e.message}"}
-        named = list(model.named_parameters())
-        return {"loss": loss, "loss_requires_grad": isinstance(loss, torch.Tensor) and loss.requires_grad,
-                "grads": {n: p.grad for n, p in named},
-                "changed": [n for (n, p), b in zip(named, before) if not torch.equal(p.detach(), b)]}
+        tokens, seed = _tokens(case), model_seed(case)
+        return per_member(case, lambda i: {"tokens": reference.shard(tokens, i, case.group_size, 1, case.scheme),
+                                           "model_seed": seed})
 
     def judge(self, case, inputs, outcomes):
         ranks = case.members
         payloads = {r: outcomes[r].payload for r in ranks}
-        attention = _attention(case)
+        attention = attention_kind(case)
         stuck = [r for r in ranks if payloads[r].get("ring_not_attempted")]
         if stuck:
             return fail(Kind.NOT_IMPLEMENTED,
@@ -327,41 +310,18 @@ class Step(Check):
         return PASS
 
 
-def _ring_without_backward(ctx: Any) -> str:
-    """Why the student's ring_attention cannot train ("" when its output requires grad: the bonus is there).
-
-    Called only after cp_train_step failed on every rank, so the ranks call it together.
-    """
-    from grader.adapter import StudentError
-
-    q, k, v = (torch.randn(1, 1, 2, 2, dtype=torch.float64, device=ctx.device, requires_grad=True)
-               for _ in range(3))  # 2 local tokens: valid under every scheme
-    try:
-        out = ctx.call_in(RING_MODULE, "ring_attention", q, k, v, scheme=ctx.case.scheme, group=ctx.group)
-    except StudentError as e:
-        return f"ring_attention raised {e.message}"
-    if isinstance(out, torch.Tensor) and out.requires_grad:
-        return ""
-    return "ring_attention's output does not require grad"
-
-
 @register("ex7", "errors")
 class Errors(Check):
     """An unknown attention raises ValueError naming attention, on every rank (so no rank waits alone)."""
 
-    BAD = "cp_train_step(model, tokens, attention='flash')"
+    sends = Step.sends
 
     def inputs(self, case):
         return Step().inputs(case)
 
-    def task(self, ctx):
-        model = build_model(_config(ctx.case), dtype=DTYPES[ctx.case.dtype], device=ctx.device)
-        return {self.BAD: try_call(ctx, "cp_train_step", model, ctx.tensor("tokens"), scheme=ctx.case.scheme,
-                                   attention="flash", group=ctx.group)}
-
     def judge(self, case, inputs, outcomes):
         for r in case.members:
-            verdict = judge_value_errors(outcomes[r].payload, {self.BAD: "attention"})
+            verdict = judge_value_errors(outcomes[r].payload, {BAD: "attention"})
             if verdict:
                 verdict.message = f"rank {r}: {verdict.message}"
                 return verdict
