@@ -84,3 +84,46 @@ def test_buggy_variant_loses_the_right_case(path, tmp_path, lab, runner):
     assert not result.verdict.passed, f"{path.stem} passed {case.title}"
     said = f"{result.verdict.message}\n{result.verdict.hint}"
     assert text in said, said
+
+
+# ---- the variants as edits to solutions/ (tests/variants/__init__.py)
+
+from variants import VARIANTS as EDITED, Span, StaleEdit, Variant, apply  # noqa: E402
+
+
+@pytest.mark.parametrize("variant", EDITED, ids=lambda v: v.name)
+def test_variant_edits_apply_to_the_solution(variant, lab):
+    ex = next(ex for ex in lab.exercises if ex.id == variant.exercise)
+    assert variant.solution == ex.file, f"{variant.name} edits {variant.solution}, but {ex.id} is {ex.file}"
+    assert ("_bug_" in variant.name) == (variant.fails is not None), \
+        f"{variant.name}: a bug variant names the case it must fail, a correct one none"
+    compile(apply(variant), f"{variant.name}.py", "exec")
+
+
+def test_variant_names_are_unique():
+    names = [v.name for v in EDITED]
+    assert len(names) == len(set(names))
+
+
+def test_an_edit_that_no_longer_applies_fails_naming_the_variant_and_the_text():
+    solution = (KIT / "solutions" / "ex3_allgather_attention.py").read_text()
+    variant = next(v for v in EDITED if v.name == "ex3_bug_backward_returns_none")
+    (old, _), = variant.edits
+    # The solution changed under the variant: the text it replaces is gone
+    with pytest.raises(StaleEdit) as gone:
+        apply(variant, solution.replace(old, "        return grad_x.clone(), None\n"))
+    said = str(gone.value)
+    assert "variant ex3_bug_backward_returns_none" in said and "occurs 0 times" in said
+    assert "return grad_x, None" in said and "ex3_allgather_attention.py" in said
+    # ... or now stands twice: which one the bug belongs to is ambiguous
+    with pytest.raises(StaleEdit, match="occurs 2 times"):
+        apply(variant, solution + "\n" + old)
+    # A span needs its first line once and its end after it
+    spanned = Variant("ex3_bug_example", variant.solution, "an example",
+                      [(Span("        return grad_x, None\n", "no such end"), "")])
+    with pytest.raises(StaleEdit, match="has no end after its first line") as no_end:
+        apply(spanned)
+    assert "ex3_bug_example" in str(no_end.value) and "no such end" in str(no_end.value)
+    # Edits that change nothing are a variant that tests nothing
+    with pytest.raises(StaleEdit, match="unchanged"):
+        apply(Variant("ex3_bug_noop", variant.solution, "nothing", [(old, old)]))
