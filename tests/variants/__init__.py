@@ -395,7 +395,7 @@ class _HeadToSeq(torch.autograd.Function):
     Variant(
         "ex5_correct_separate_kv_no_overlap", EX5,
         "K and V travel as separate messages, received before each block is computed (no overlap); only fully hidden blocks are skipped",
-        [("class RingAttention(torch.autograd.Function):\n", '''\
+        [("def ring_forward(", '''\
 def _exchange(send, recv, group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     dst, src = (rank + 1) % world_size, (rank - 1) % world_size
@@ -413,9 +413,18 @@ def _hidden(q_pos, k_pos):
     return bool(k_pos.min() > q_pos.max())
 
 
-def _forward(q, k, v, scheme, group):
-    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
-    seq_len = q.shape[2] * world_size
+def _block_grads(q, k, v, dout, lse, delta, q_pos, k_pos, scale):
+    s = (q @ k.transpose(-2, -1)) * scale
+    s = s.masked_fill(k_pos.view(1, -1) > q_pos.view(-1, 1), float("-inf"))
+    p = torch.exp(s - lse.unsqueeze(-1))
+    dp = dout @ v.transpose(-2, -1)
+    ds = p * (dp - delta.unsqueeze(-1))
+    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ dout
+
+
+def ring_forward('''),
+         (Span("    q_pos = shard_positions(seq_len, rank, world_size, scheme)  # (S/P,) CPU, validates scheme\n",
+               "    return out.to(q.dtype), lse\n"), '''\
     q_pos = shard_positions(seq_len, rank, world_size, scheme)
     wide = q.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     out, lse = attention_with_lse(wide, k, v, q_pos.to(q.device), q_pos.to(q.device))
@@ -430,27 +439,8 @@ def _forward(q, k, v, scheme, group):
         blk_out, blk_lse = attention_with_lse(wide, k_cur, v_cur, q_pos.to(q.device), k_pos.to(q.device))
         out, lse = merge_attention(out, lse, blk_out, blk_lse)
     return out.to(q.dtype), lse
-
-
-def _block_grads(q, k, v, dout, lse, delta, q_pos, k_pos, scale):
-    s = (q @ k.transpose(-2, -1)) * scale
-    s = s.masked_fill(k_pos.view(1, -1) > q_pos.view(-1, 1), float("-inf"))
-    p = torch.exp(s - lse.unsqueeze(-1))
-    dp = dout @ v.transpose(-2, -1)
-    ds = p * (dp - delta.unsqueeze(-1))
-    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ dout
-
-
-class _Ring(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scheme, group):
-        out, lse = _forward(q, k, v, scheme, group)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scheme, ctx.group = scheme, group
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
+'''),
+         (Span("        q, k, v, out, lse = ctx.saved_tensors\n", "        return dq, dk, dv, None, None\n"), '''\
         q, k, v, out, lse = ctx.saved_tensors
         group, scheme = ctx.group, ctx.scheme
         rank, world_size = dist.get_rank(group), dist.get_world_size(group)
@@ -480,14 +470,7 @@ class _Ring(torch.autograd.Function):
             if not last:
                 k_cur, v_cur = recv[2], recv[3]
         return dq.to(q.dtype), dk_cur.to(k.dtype), dv_cur.to(v.dtype), None, None
-
-
-class RingAttention(torch.autograd.Function):
-'''),
-         ("    return RingAttention.apply(q, k, v, scheme, group)\n",
-          "    if q.shape != k.shape or q.shape != v.shape:\n"
-          "        raise ValueError(f\"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}\")\n"
-          "    return _Ring.apply(q, k, v, scheme, group)\n")],
+''')],
     ),
     Variant(
         "ex5_bug_blocking_send_recv", EX5,
