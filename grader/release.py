@@ -38,7 +38,7 @@ MANIFEST_HEADER = """\
 #
 # A case: name, check (a check of grader/checks/<exercise>.py), world_size
 # (ranks spawned; P), and optionally scheme, dtype, shape, seed, points,
-# timeout (seconds for all ranks together), group (a subgroup of the ranks),
+# timeout (CPU seconds each rank may spend in the call), group (a subgroup of the ranks),
 # params (check-specific).
 """
 

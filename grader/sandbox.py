@@ -91,7 +91,7 @@ def _reach() -> dict[str, list[str]]:
     import sys
 
     needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, KIT_ROOT, *sys.path)
-              if p and Path(p).exists()}
+              if p and Path(p).is_dir()}
     covers: dict[str, set[str]] = {}
     for path in needed:
         for ancestor in reversed(path.parents):
@@ -148,17 +148,23 @@ def enter(settings: dict) -> None:
     size = settings["limits"]["tmpfs"]
     # The run's own folder sits under /tmp, which gets a private tmpfs: it is bound back in.
     covers = {tmp: f"size={size},mode=1777" for tmp in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(tmp)}
-    back = {"/tmp": [workdir]} if workdir.startswith("/tmp/") else {}
+    back = [workdir] if workdir.startswith("/tmp/") else []
     for folder, paths in settings["reach"].items():
-        covers[folder] = "size=64k,mode=755"
-        back[folder] = paths
-    for folder, options in covers.items():
-        kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in back.get(folder, [])]
-        _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, options)
-        for path, fd in kept:
-            os.makedirs(path, exist_ok=True)
-            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            os.close(fd)
+        covers.setdefault(folder, "size=64k,mode=755")
+        back += paths
+    # Opened before anything is covered: these are bound back in from the descriptors afterwards.
+    kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in dict.fromkeys(back) if os.path.isdir(p)]
+    covered: list[str] = []
+    for folder in sorted(covers, key=len):
+        if any(folder.startswith(c.rstrip("/") + "/") for c in covered):
+            os.makedirs(folder, exist_ok=True)  # already inside a fresh tmpfs: empty and traversable
+            continue
+        _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, covers[folder])
+        covered.append(folder)
+    for path, fd in kept:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
     empty_file = os.path.join(workdir, ".hidden")
     for path in settings["hide"]:
         if os.path.isdir(path):
