@@ -131,7 +131,9 @@ class Submission:
             where = f"{Path(f.filename).name}, line {f.lineno}, in {f.name}"
             if f.line:
                 where += f": `{f.line.strip()}`"
-        tb = "".join(traceback.format_list(mine)) if mine else ""
+        # The ranks import a staged copy: name files as the student knows them, the same on every run.
+        tb = "".join(traceback.format_list([traceback.FrameSummary(Path(f.filename).name, f.lineno, f.name,
+                                                                   line=f.line) for f in mine]))
         text = str(exc).strip().splitlines()
         first = text[0][:300] if text else ""
         message = f"{type(exc).__name__}: {first}" if first else type(exc).__name__

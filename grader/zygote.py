@@ -182,15 +182,17 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 def serve(fd: int) -> None:
     """The zygote's loop: import once, then fork a leader per request until the grader hangs up."""
-    die_with_parent()
-    sock = socket.socket(fileno=fd)
     import importlib
     import shutil
     import tempfile
 
-    # torch._dynamo makes a cache folder on import: keep it the zygote's, and gone with it.
+    # torch._dynamo makes a cache folder on import: keep it the zygote's, and gone with it, also
+    # when the grader dies first (SIGTERM from the kernel, then the finally below).
     cache = tempfile.mkdtemp(prefix="cplab-zygote-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    die_with_parent(signal.SIGTERM)
+    sock = socket.socket(fileno=fd)
     try:
         for name in PRELOAD:
             importlib.import_module(name)
@@ -237,6 +239,7 @@ def _lead(settings: dict, lifeline: int, status: int, rank_fds: list[int]) -> No
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent()
         from grader import sandbox
 

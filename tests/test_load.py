@@ -43,7 +43,7 @@ def test_solutions_keep_full_marks_under_load(burners, lab):
     failed = [f"{r.case.title}: {r.verdict.kind.value}: {r.verdict.message[:200]}"
               for r in results if not r.verdict.passed]
     assert not failed, "\n".join(failed)
-    assert descendants() == []
+    assert set(descendants()) <= {p.pid for p in burners}
 
 
 FAULTS = {
@@ -69,5 +69,8 @@ def test_faults_are_named_in_time_under_load(fault, burners, tmp_path, lab):
         elapsed = time.monotonic() - start
     assert result.verdict.kind is Kind.TIMEOUT, result.verdict.message
     assert text in result.verdict.message
-    assert elapsed < BUDGET + 5, elapsed
-    assert descendants() == []
+    # The budget is CPU time: four looping ranks beside the burners get cores/(ranks + burners) of a
+    # core each, so their budget takes that much longer in wall time; a deadlock needs no CPU at all.
+    share = (os.cpu_count() or 2) / (case.world_size + len(burners)) if fault == "endless_loop" else 1.0
+    assert elapsed < BUDGET / min(1.0, share) + 5, elapsed
+    assert set(descendants()) <= {p.pid for p in burners}
