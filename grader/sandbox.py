@@ -42,6 +42,7 @@ CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 PR_SET_CHILD_SUBREAPER = 36
 UID_RANGE = (1_000_000, 2_000_000)
+TMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")  # each a private tmpfs in the sandbox
 
 
 @dataclass
@@ -85,17 +86,19 @@ def plan(workdir: Path, hide: list[Path] = ()) -> Sandbox:
 
 
 def _reach() -> dict[str, list[str]]:
-    """Folders that shut others out (mode without o+x) on the way to what a rank must read: Python
-    itself, its libraries, the kit. E.g. pyenv's Python under /root (mode 700). In the sandbox such a
-    folder is covered by an empty tmpfs, with only those paths bound back into it."""
+    """What a rank must read (Python itself, its libraries, the grader package), grouped under the
+    folder that the sandbox covers on the way to it: a private tmp folder (/tmp gets its own tmpfs), or
+    a folder that shuts others out (mode without o+x, e.g. pyenv's Python under /root, a checkout made
+    by mktemp -d). Such a folder is covered by an empty tmpfs with only those paths bound back in."""
     import sys
 
-    needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, KIT_ROOT, *sys.path)
-              if p and Path(p).is_dir()}
+    needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, KIT_ROOT / "grader",
+                                          *sys.path) if p and Path(p).is_dir()}
     covers: dict[str, set[str]] = {}
     for path in needed:
-        for ancestor in reversed(path.parents):
-            if ancestor != Path("/") and not os.stat(ancestor).st_mode & 0o001:
+        for ancestor in [*reversed(path.parents), path][1:]:
+            private = str(ancestor) in TMP_FOLDERS
+            if private or (ancestor != path and not os.stat(ancestor).st_mode & 0o001):
                 covers.setdefault(str(ancestor), set()).add(str(path))
                 break
     return {a: sorted(paths) for a, paths in covers.items()}
@@ -147,13 +150,13 @@ def enter(settings: dict) -> None:
     workdir = settings["workdir"]
     size = settings["limits"]["tmpfs"]
     # The run's own folder sits under /tmp, which gets a private tmpfs: it is bound back in.
-    covers = {tmp: f"size={size},mode=1777" for tmp in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(tmp)}
+    covers = {tmp: f"size={size},mode=1777" for tmp in TMP_FOLDERS if os.path.isdir(tmp)}
     back = [workdir] if workdir.startswith("/tmp/") else []
     for folder, paths in settings["reach"].items():
         covers.setdefault(folder, "size=64k,mode=755")
         back += paths
     # Opened before anything is covered: these are bound back in from the descriptors afterwards.
-    kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in dict.fromkeys(back) if os.path.isdir(p)]
+    kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in sorted(set(back), key=len) if os.path.isdir(p)]
     covered: list[str] = []
     for folder in sorted(covers, key=len):
         if any(folder.startswith(c.rstrip("/") + "/") for c in covered):
