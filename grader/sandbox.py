@@ -94,6 +94,8 @@ def _reach() -> dict[str, list[str]]:
 
     needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, KIT_ROOT / "grader",
                                           *sys.path) if p and Path(p).is_dir()}
+    # A folder others may not enter (a checkout made by mktemp -d) is of no use bound back as it is.
+    needed = {p for p in needed if os.stat(p).st_mode & 0o001}
     covers: dict[str, set[str]] = {}
     for path in needed:
         for ancestor in [*reversed(path.parents), path][1:]:
