@@ -327,6 +327,11 @@ def grade_submission(job: Job, tmp: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         results_json.write(job.results, data)
     finally:
+        # The rank server keeps a cache folder in tmp while it imports: wait for it to end first, or it
+        # would make the folder again after the rmtree.
+        from grader import zygote
+
+        zygote.shared().close()
         # the batch removes it as well, but not when the batch itself was killed: then only this runs
         shutil.rmtree(tmp, ignore_errors=True)
 

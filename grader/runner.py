@@ -40,6 +40,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import weakref
@@ -93,6 +94,10 @@ class RunOutcome:
 
 class PoolError(RuntimeError):
     """The pool could not be started: the kit's problem, never the student's."""
+
+
+class SandboxError(PoolError):
+    """The sandbox's own start-up check found something the ranks could reach: grading is refused."""
 
 
 class RankPool:
@@ -160,6 +165,12 @@ class RankPool:
                         self.kill()
                         raise PoolError(f"rank {r} died while starting") from None
                     hello = json.loads(msg[1:])
+                    if hello.get("exposed"):
+                        self.kill()
+                        raise SandboxError(
+                            f"refusing to grade: as the sandbox uid a rank {'; '.join(hello['exposed'][:3])}. "
+                            f"Make the kit and its virtual environment owned by root and not writable by "
+                            f"others (chmod -R o-w), then grade again")
                     self.inner[hello["pid"]] = hello["rank"]
                     pending.discard(r)
         for pid in sandbox_mod.children(self.init):
@@ -211,6 +222,8 @@ class RankPool:
         """Run one job on every rank; never returns before all ranks answered or the pool was killed."""
         try:
             self.wait_ready()
+        except SandboxError:
+            raise
         except PoolError:
             self.launch()  # one retry: a pool that failed to start is the machine's hiccup, not the case's
             self.wait_ready()
@@ -416,6 +429,7 @@ class Runner:
     def __init__(self, *, hide: list[Path] = ()) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="cplab-"))
         self.sandbox = sandbox_mod.plan(self.workdir, list(hide))
+        _say_once_without_sandbox(self.sandbox)
         sandbox_mod.prepare_workdir(self.workdir, self.sandbox)
         self.zygote = zygote_mod.shared()
         self.zygote.start()
@@ -456,6 +470,15 @@ class Runner:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_said: list[str] = []
+
+
+def _say_once_without_sandbox(settings: Sandbox) -> None:
+    if not settings.active and not _said:
+        _said.append(settings.reason)
+        sys.stderr.write(f"cplab: student code runs without a sandbox: {settings.reason}.\n")
 
 
 @atexit.register

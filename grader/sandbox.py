@@ -197,6 +197,30 @@ def become_init() -> None:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
+def audit(settings: dict) -> list[str]:
+    """In a rank, as the sandbox uid: what it can still read or write that it must not (empty: all well)."""
+    if not settings["active"]:
+        return []
+    exposed = []
+    for path in settings["hide"]:
+        try:
+            if os.path.isdir(path):
+                if os.listdir(path):
+                    exposed.append(f"can list {path}")
+            elif os.path.exists(path):
+                with open(path, "rb") as f:
+                    if f.read(1):
+                        exposed.append(f"can read {path}")
+        except OSError:
+            pass
+    import sys
+
+    for path in (KIT_ROOT, KIT_ROOT / "grader", Path(sys.prefix), *(Path(p) for p in sys.path if os.path.isabs(p))):
+        if str(path) and path.is_dir() and os.access(path, os.W_OK):
+            exposed.append(f"can write {path}")
+    return exposed
+
+
 def confine(settings: dict) -> None:
     """In a rank, before any student code: limits, then the sandbox uid (for good: no way back)."""
     if not settings["active"]:

@@ -171,7 +171,8 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
     instrument.install()
     adapter.isolate(KIT_ROOT)
     torch.set_num_threads(1)
-    conn.send_bytes(b"R" + json.dumps({"rank": rank, "pid": os.getpid()}).encode())
+    hello = {"rank": rank, "pid": os.getpid(), "exposed": sandbox.audit(settings["sandbox"])}
+    conn.send_bytes(b"R" + json.dumps(hello).encode())
     while True:
         try:
             job = conn.recv()

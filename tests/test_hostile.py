@@ -28,15 +28,17 @@ from grader.verdict import Kind
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root; grading as a user has none")
 
+# Covered, or (in a checkout others may not enter, such as a mktemp -d clone) not there at all.
+HIDDEN = "PermissionError|FileNotFoundError"
 OUTSIDE = Path("/tmp") / f"cplab-hostile-{uuid.uuid4().hex}"
 
 # name: (code run first in gather_sequence, kind of the failed case or None when the case may pass, text)
 ATTACKS = {
     "read_solutions": (f"open({str(KIT / 'solutions' / 'ex1_sequence_shard.py')!r}).read()",
-                       Kind.EXCEPTION, "PermissionError"),
-    "read_manifest": (f"open({str(KIT / 'lab_manifest.yaml')!r}).read()", Kind.EXCEPTION, "PermissionError"),
-    "read_reference": (f"open({str(KIT / 'grader' / 'reference.py')!r}).read()", Kind.EXCEPTION, "PermissionError"),
-    "list_tests": (f"import os\nos.listdir({str(KIT / 'tests')!r})", Kind.EXCEPTION, "PermissionError"),
+                       Kind.EXCEPTION, HIDDEN),
+    "read_manifest": (f"open({str(KIT / 'lab_manifest.yaml')!r}).read()", Kind.EXCEPTION, HIDDEN),
+    "read_reference": (f"open({str(KIT / 'grader' / 'reference.py')!r}).read()", Kind.EXCEPTION, HIDDEN),
+    "list_tests": (f"import os\nos.listdir({str(KIT / 'tests')!r})", Kind.EXCEPTION, HIDDEN),
     "write_grader": (f"open({str(KIT / 'grader' / 'grading.py')!r}, 'a').write('# forged')",
                      Kind.EXCEPTION, "PermissionError"),
     "write_kit": (f"open({str(KIT / 'forged.py')!r}, 'w').write('x')", Kind.EXCEPTION, "PermissionError"),
@@ -89,7 +91,7 @@ def test_attack_is_contained(attack, tmp_path, lab):
         assert result.verdict.passed, result.verdict.message
     else:
         assert result.verdict.kind is kind, result.verdict.message
-        assert text in result.verdict.message, result.verdict.message
+        assert any(t in result.verdict.message for t in text.split("|")), result.verdict.message
     assert all(r.verdict.passed for r in rest), [r.verdict.message for r in rest]
     time.sleep(3.5 if attack == "daemon" else 0)
     assert _uid_processes(uid) == []
@@ -110,9 +112,9 @@ def test_daemon_dies_with_a_killed_grader(tmp_path):
                               env={**os.environ, "CPLAB_TEST_MARK": mark})
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(_is_session_leader(p) for p in marked(mark)):
+        while time.monotonic() < deadline and not _detached(marked(mark)):
             time.sleep(0.2)
-        assert any(_is_session_leader(p) for p in marked(mark)), "the daemon never started"
+        assert _detached(marked(mark)), "the daemon never started"
         os.kill(grader.pid, signal.SIGKILL)
         grader.wait(timeout=10)
         assert still_marked(mark, 10.0) == []
@@ -121,11 +123,31 @@ def test_daemon_dies_with_a_killed_grader(tmp_path):
             grader.kill()
 
 
-def _is_session_leader(pid: int) -> bool:
-    """A process that called setsid (its session id is its pid) below a rank: the daemon."""
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(session id, owner uid) of a live process, or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[3]) == pid and int(fields[1]) != 1 and os.stat(f"/proc/{pid}").st_uid != 0
-    except (OSError, ValueError):
-        return False
+        return int(fields[3]), os.stat(f"/proc/{pid}").st_uid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _detached(pids: list[int]) -> list[int]:
+    """Processes of the sandbox uid in a session of their own (setsid): the daemon, not a rank, whose
+    session is its pool's init's (root)."""
+    stats = {p: s for p in pids if (s := _stat(p))}
+    root_sessions = {sid for sid, uid in stats.values() if uid == 0}
+    return [p for p, (sid, uid) in stats.items() if uid != 0 and sid not in root_sessions]
+
+
+def test_start_up_check_names_what_the_sandbox_uid_could_reach(tmp_path):
+    """The audit each rank runs as the sandbox uid before it says ready; here, as root, it must see all."""
+    from grader import sandbox
+
+    secret = tmp_path / "answers.txt"
+    secret.write_text("42")
+    settings = sandbox.Sandbox(True, uid=0, hide=[str(secret)]).to_json()
+    exposed = sandbox.audit(settings)
+    assert f"can read {secret}" in exposed
+    assert any(e.startswith("can write") for e in exposed)
