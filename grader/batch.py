@@ -328,9 +328,10 @@ def grade_submission(job: Job, tmp: str) -> None:
         results_json.write(job.results, data)
     finally:
         # The rank server keeps a cache folder in tmp while it imports: wait for it to end first, or it
-        # would make the folder again after the rmtree.
+        # would make the folder again after the rmtree; a SIGTERM now must not cut the clean-up short.
         from grader import zygote
 
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         zygote.shared().close()
         # the batch removes it as well, but not when the batch itself was killed: then only this runs
         shutil.rmtree(tmp, ignore_errors=True)

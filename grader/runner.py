@@ -234,15 +234,26 @@ class RankPool:
         paths = {r: {k: str(case_dir / f"{k}{r}") for k in ("trace", "stdout", "stderr")}
                  for r in range(self.world_size)}
         watch = _Watch(self, nonce, budget)
+        jobs = []
+        for r in range(self.world_size):
+            buf = io.BytesIO()
+            torch.save(inputs[r], buf)
+            jobs.append({**job, "inputs": buf.getvalue(), "world_size": self.world_size, "nonce": nonce,
+                         "store_path": str(case_dir / "store"), "workdir": str(case_dir),
+                         "pg_timeout": budget * WALL_FACTOR + WALL_MIN + SETUP_TIMEOUT + PG_TIMEOUT_MARGIN,
+                         "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
+                         "stderr_path": paths[r]["stderr"]})
         try:
-            for r, conn in enumerate(self.conns):
-                buf = io.BytesIO()
-                torch.save(inputs[r], buf)
-                conn.send({**job, "inputs": buf.getvalue(), "world_size": self.world_size, "nonce": nonce,
-                           "store_path": str(case_dir / "store"), "workdir": str(case_dir),
-                           "pg_timeout": budget * WALL_FACTOR + WALL_MIN + SETUP_TIMEOUT + PG_TIMEOUT_MARGIN,
-                           "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
-                           "stderr_path": paths[r]["stderr"]})
+            try:
+                for conn, rank_job in zip(self.conns, jobs):
+                    conn.send(rank_job)
+            except OSError:
+                # Ranks that died while idle (killed from outside, an interrupted notebook cell): no
+                # student code has run in this case yet, so fresh ranks take it.
+                self.recycle()
+                self.wait_ready()
+                for conn, rank_job in zip(self.conns, jobs):
+                    conn.send(rank_job)
             watch.run()
         except BaseException:
             # Interrupted mid-case (Ctrl-C, pytest-timeout, a notebook cell past its timeout): ranks
