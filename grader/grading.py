@@ -250,12 +250,10 @@ def _stopped(case: Case, run: RunOutcome) -> str:
             f"{max(runner.WALL_MIN, runner.WALL_FACTOR * case.timeout):g} s.")
 
 
-def _memory_error(message: str) -> bool:
-    return message.startswith("MemoryError") or "can't allocate memory" in message or "bad_alloc" in message
-
-
 def _limit_hit(message: str) -> str:
     """The sandbox limit an exception's message says was reached, or ''."""
+    if message.startswith("MemoryError") or "can't allocate memory" in message or "bad_alloc" in message:
+        return f"{limits.memory >> 30} GiB memory limit"
     if "Too many open files" in message:
         return f"{limits.open_files} open-files limit"
     if "can't start new thread" in message or "Resource temporarily unavailable" in message:
@@ -271,9 +269,6 @@ def _student_error(errors: list[RankOutcome]) -> Verdict:
     if limit:
         return fail(Kind.LIMIT, f"rank {first.rank} reached its {limit} ({e.get('message', '')})"
                                 + (f" at {e['where']}" if e.get("where") else ""))
-    if kind is Kind.EXCEPTION and _memory_error(e.get("message", "")):
-        return fail(Kind.LIMIT, f"rank {first.rank} exceeded its {limits.memory >> 30} GiB memory limit "
-                                f"({e.get('message', '')})" + (f" at {e['where']}" if e.get("where") else ""))
     if kind is Kind.NOT_IMPLEMENTED or kind is Kind.MISSING or kind is Kind.SYNTAX_ERROR:
         return fail(kind, e.get("message", ""))
     ranks = [o.rank for o in errors]

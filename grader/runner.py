@@ -380,8 +380,8 @@ class _Watch:
             self.started[r] = procfs.sample(self.pool.pids[r]).cpu
         elif kind == b"A" and r not in self.outcomes:
             self.outcomes[r] = _read_answer(r, body)
-            self.started.setdefault(r, procfs.sample(self.pool.pids[r]).cpu)
             self._cpu_now[r] = procfs.sample(self.pool.pids[r]).cpu
+            self.started.setdefault(r, self._cpu_now[r])
         else:
             self.notes.append(f"rank {r} sent a second {'start' if kind == b'S' else 'answer'}; it was ignored")
 

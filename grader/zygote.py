@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -55,8 +56,6 @@ class PoolHandle:
 
     def init_pid(self, timeout: float) -> int | None:
         """init's pid (as the grader sees it), which the leader writes first on the lifeline."""
-        import select
-
         ready, _, _ = select.select([self.lifeline], [], [], timeout)
         if not ready:
             return None
@@ -65,8 +64,6 @@ class PoolHandle:
 
     def wait_gone(self, timeout: float) -> bool:
         """Block until the lifeline closes: the pool's processes are all reaped."""
-        import select
-
         while True:
             ready, _, _ = select.select([self.lifeline], [], [], timeout)
             if not ready:
