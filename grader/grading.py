@@ -238,9 +238,10 @@ def _stopped(case: Case, run: RunOutcome) -> str:
     from grader import runner
 
     if run.stopped == "cpu":
-        o = max(run.ranks, key=lambda o: o.cpu)
-        return (f"rank {o.rank} used {o.cpu:.1f} s of CPU, more than the case's budget of {case.timeout:g} s, "
-                f"without returning: an endless loop, or far more work than the exercise needs.")
+        o = max(run.ranks, key=lambda o: max(o.cpu, o.busy))
+        return (f"rank {o.rank} computed without a pause for {max(o.cpu, o.busy):.1f} s ({o.cpu:.1f} s of "
+                f"CPU), more than the case's budget of {case.timeout:g} s, without returning: an endless "
+                f"loop, or far more work than the exercise needs.")
     if run.stopped == "idle":
         return (f"every rank still running sat waiting, with no CPU progress, for {runner.IDLE_WINDOW:g} s: "
                 f"nothing could ever finish (a deadlock, or a rank waiting for something that never comes).")

@@ -14,25 +14,41 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Sample:
     cpu: float       # CPU seconds of all the process's threads (nanosecond counts from schedstat)
-    runnable: bool   # some thread is running or waiting for a CPU (R), or in uninterruptible I/O (D)
+    # The main thread, where the student's call runs, is running or waiting for a CPU (R), or in
+    # uninterruptible I/O (D). gloo's own threads wake about 100 times a second in any wait, so
+    # their state says nothing; their demand (below) stays a few ms per second.
+    runnable: bool
+    # Per thread, the seconds it spent running or waiting in the run queue for a CPU: what it would
+    # have run on a core of its own. A loop's demand grows with wall time however busy the machine is;
+    # a thread that waits on a socket or a lock adds nothing.
+    demand: dict[int, float]
+
+    def demand_since(self, before: "Sample") -> float:
+        """The most demand one thread added since `before` (threads started since count from zero)."""
+        return max((d - before.demand.get(tid, 0.0) for tid, d in self.demand.items()), default=0.0)
+
+    def total_demand_since(self, before: "Sample") -> float:
+        return sum(d - before.demand.get(tid, 0.0) for tid, d in self.demand.items())
 
 
 def sample(pid: int) -> Sample:
-    cpu_ns, runnable = 0, False
+    cpu_ns, demand, runnable = 0, {}, False
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return Sample(0.0, False)
+        return Sample(0.0, False, {})
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                cpu_ns += int(f.read().split()[0])
+                on_cpu, queued = (int(v) for v in f.read().split()[:2])
+            cpu_ns += on_cpu
+            demand[int(tid)] = (on_cpu + queued) / 1e9
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError, ValueError):
             continue
-        runnable = runnable or state in ("R", "D")
-    return Sample(cpu_ns / 1e9, runnable)
+        runnable = runnable or (int(tid) == pid and state in ("R", "D"))
+    return Sample(cpu_ns / 1e9, runnable, demand)
 
 
 def inner_pid(pid: int) -> int | None:

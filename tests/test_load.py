@@ -69,9 +69,6 @@ def test_faults_are_named_in_time_under_load(fault, burners, tmp_path, lab):
         elapsed = time.monotonic() - start
     assert result.verdict.kind is Kind.TIMEOUT, result.verdict.message
     assert text in result.verdict.message
-    # The budget is CPU time: four looping ranks beside the burners get cores/(ranks + burners) of a
-    # core each, so their budget takes that much longer in wall time; a deadlock needs no CPU at all.
-    share = (os.cpu_count() or 2) / (case.world_size + len(burners)) if fault == "endless_loop" else 1.0
-    # The scheduler's share is fair only on average (pytest and the grader run too): a margin of 1.5x.
-    assert elapsed < 1.5 * BUDGET / min(1.0, share) + 5, elapsed
+    # A loop's time waiting for a CPU counts, so the burners do not stretch its budget.
+    assert elapsed < BUDGET + 5, elapsed
     assert set(descendants()) <= {p.pid for p in burners}
