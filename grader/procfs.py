@@ -61,3 +61,29 @@ def inner_pid(pid: int) -> int | None:
     except OSError:
         pass
     return None
+
+
+def reset_peak(pid: int) -> int:
+    """Start a new peak-memory window (VmHWM := VmRSS); returns the resident bytes now, or 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return 0
+    return _status_kib(pid, "VmRSS:") * 1024
+
+
+def peak(pid: int) -> int:
+    """The most resident bytes since the last reset_peak."""
+    return _status_kib(pid, "VmHWM:") * 1024
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -47,6 +47,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -59,7 +60,7 @@ from typing import Any
 
 import torch
 
-from grader import instrument, procfs, sandbox as sandbox_mod, zygote as zygote_mod
+from grader import instrument, procfs, sandbox as sandbox_mod, sockets, zygote as zygote_mod
 from grader.sandbox import Sandbox
 
 STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
@@ -91,6 +92,9 @@ class RankOutcome:
     trace: list = field(default_factory=list)
     cpu: float = 0.0              # CPU seconds the rank spent in the student's call (the kernel's count)
     busy: float = 0.0             # the longest one of its threads ran or waited for a CPU in the call
+    # The kernel's evidence of the call, from its start to its end (rank side: "S"/"E" messages):
+    received: dict = field(default_factory=dict)  # peer rank -> bytes this rank received from it (-1: not a rank)
+    peak: int = 0                 # resident bytes above what the rank held when the call started
 
 
 @dataclass
@@ -125,7 +129,14 @@ class RankPool:
         self.init = 0
         self.ready = False
         self.jobs_run = 0
+        self._diag: socket.socket | None = None
         _live_pools.add(self)
+
+    def diag(self) -> socket.socket:
+        """A sock_diag socket in the ranks' network namespace, opened once per set of ranks."""
+        if self._diag is None:
+            self._diag = sockets.open_diag(self.pids[0] if self.sandbox.active else None)
+        return self._diag
 
     @property
     def alive(self) -> bool:
@@ -210,7 +221,9 @@ class RankPool:
             handle.close()
         for conn in self.conns:
             conn.close()
-        self.conns, self.pids, self.inner, self.init, self.ready = [], {}, {}, 0, False
+        if self._diag is not None:
+            self._diag.close()
+        self.conns, self.pids, self.inner, self.init, self.ready, self._diag = [], {}, {}, 0, False, None
 
     def recycle(self) -> None:
         """Replace the ranks with fresh ones (after a failed case: threads or state it left die with them)."""
@@ -283,6 +296,7 @@ class RankPool:
                 outcomes[r] = RankOutcome(r, "timeout" if watch.stopped else "aborted")
             o = outcomes[r]
             o.cpu, o.busy = watch.cpu_used(r), watch.busy(r)
+            o.received, o.peak = watch.received.get(r, {}), watch.peaks.get(r, 0)
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
             o.stderr = _tail(paths[r]["stderr"])
@@ -309,6 +323,10 @@ class _Watch:
         self.stopped = ""
         self.seconds = 0.0
         self._now: dict[int, procfs.Sample] = {}
+        self._rss0: dict[int, int] = {}
+        self._traffic0: sockets.Traffic = {}
+        self.received: dict[int, dict] = {}
+        self.peaks: dict[int, int] = {}
 
     def cpu_used(self, rank: int) -> float:
         if rank not in self.started:
@@ -357,6 +375,7 @@ class _Watch:
             if start is None:
                 if all(r in self.started for r in running):
                     start = now
+                    self._go(running)
                 elif now - sent > SETUP_TIMEOUT:
                     self.stopped = "setup"
                     break
@@ -381,6 +400,35 @@ class _Watch:
                 break
         self.seconds = time.monotonic() - (start if start is not None else sent)
 
+    def _go(self, ranks: list[int]) -> None:
+        """Every rank waits at its start: open the evidence window (peak memory, socket counters), then go."""
+        pids = self.pool.pids
+        for r in ranks:
+            self._rss0[r] = procfs.reset_peak(pids[r])
+        self._traffic0 = self._traffic()
+        for r in ranks:
+            try:
+                self.pool.conns[r].send_bytes(b"G" + self.nonce)
+            except OSError:
+                pass  # its death reaches the watch through init
+
+    def _end(self, r: int) -> None:
+        """Rank r's call returned and it waits: close its evidence window, then let it answer."""
+        pid = self.pool.pids[r]
+        self.peaks[r] = max(0, procfs.peak(pid) - self._rss0.get(r, 0))
+        self.received[r] = {peer: moved[1] for peer, moved in
+                            sockets.since(self._traffic(), self._traffic0).get(r, {}).items()}
+        try:
+            self.pool.conns[r].send_bytes(b"F" + self.nonce)
+        except OSError:
+            pass
+
+    def _traffic(self) -> sockets.Traffic:
+        try:
+            return sockets.traffic(self.pool.diag(), self.pool.pids)
+        except OSError:
+            return {}
+
     def _read(self, r: int) -> None:
         conn = self.pool.conns[r]
         limit = self.pool.sandbox.limits.answer
@@ -399,12 +447,15 @@ class _Watch:
         body = body[len(self.nonce):]
         if kind == b"S" and r not in self.started:
             self.started[r] = procfs.sample(self.pool.pids[r])
+        elif kind == b"E" and r in self.started and r not in self.received:
+            self._end(r)
         elif kind == b"A" and r not in self.outcomes:
             self.outcomes[r] = _read_answer(r, body)
             self._now[r] = procfs.sample(self.pool.pids[r])
             self.started.setdefault(r, self._now[r])
         else:
-            self.notes.append(f"rank {r} sent a second {'start' if kind == b'S' else 'answer'}; it was ignored")
+            what = {b"S": "start", b"E": "end", b"A": "answer"}.get(kind, "message")
+            self.notes.append(f"rank {r} sent a second {what}; it was ignored")
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -26,6 +26,7 @@ class Kind(str, enum.Enum):
     MISMATCH = "numeric mismatch"
     CONTRACT = "contract"
     COMMUNICATION = "communication"
+    RECORD_MISMATCH = "record mismatch"
     COMPUTE = "compute"
     MEMORY = "memory"
     CAUSALITY = "causality"
@@ -59,6 +60,9 @@ EXPLAIN = {
                    "input it should leave unchanged, a property every rank must share).",
     Kind.COMMUNICATION: "The values may be right, but the communication is not the pattern this "
                         "exercise teaches; the per-rank record of torch.distributed calls shows it.",
+    Kind.RECORD_MISMATCH: "The bytes the kernel counted on the ranks' sockets do not match the "
+                          "record of torch.distributed calls: data moved outside the calls the grader "
+                          "sees, or the record claims traffic that never happened.",
     Kind.COMPUTE: "The per-rank attention work (counted in FLOPs) is not what the algorithm should do.",
     Kind.MEMORY: "Peak live tensor memory on a rank grows where it should stay bounded.",
     Kind.CAUSALITY: "An output depends on tokens after its own position: the future leaks.",

@@ -7,18 +7,24 @@ then the sandbox uid), then for each job:
   1. points fd 1 and 2 at this case's capture files,
   2. joins a new process group (FileStore in the case's folder: no port to
      collide on) and starts the live trace,
-  3. imports the student's exercise module afresh through the adapter (the
+  3. tells the grader it is ready to start and waits for it: the case's
+     budget counts from here (starting ranks, joining the group never spend
+     it), and the grader opens its evidence window (socket counters, peak
+     memory) before any student code of the case runs,
+  4. imports the student's exercise module afresh through the adapter (the
      rank knows of its case only the job's Spec and its own inputs, cut to
-     what the task reads) and tells the grader it has started: the case's budget counts from here, so
-     starting ranks, joining the group and importing never spend it,
-  4. runs the check's task, which calls the student's functions, and sends
-     back the packed result (plain CPU tensors, serialised with torch.save so
-     the grader can load it with weights_only=True) with the case's nonce, or
-     the student's error with the line it came from.
+     what the task reads) and runs the check's task, which calls the
+     student's functions,
+  5. tells the grader the call returned and waits while it reads the
+     kernel's counts, then sends back the packed result (plain CPU tensors,
+     serialised with torch.save so the grader can load it with
+     weights_only=True) with the case's nonce, or the student's error with
+     the line it came from.
 
 [Messages up the pipe] one byte of kind, then its body:
   R {"rank", "pid"}  ready, once, before any student code;
-  S nonce            started the student's call;
+  S nonce            about to start the case (the grader replies G nonce);
+  E nonce            the call returned (the grader replies F nonce);
   A nonce + bytes    the answer (torch.save of {"status", ...}).
 What a rank sends after student code ran is untrusted: the grader caps its
 size, checks the nonce and believes the first answer only.
@@ -95,7 +101,7 @@ def _redirect(path: str, fd: int) -> None:
     os.close(f)
 
 
-def _run_job(job: dict, rank: int, started: Any) -> dict:
+def _run_job(job: dict, rank: int, sync: Any) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -126,18 +132,20 @@ def _run_job(job: dict, rank: int, started: Any) -> dict:
                           group_size=group_size, device=device, spec=tasks.Spec(**job["spec"]), inputs=inputs,
                           submission=submission, module=job["module"])
         torch.manual_seed(rank)  # reproducible, and telling nothing of the case
+        # The evidence window opens before the student's module runs at all: what its import does counts.
+        sync(b"S", b"G")
         try:
             submission.module(job["module"])
         except StudentError as e:
             if e.kind != "missing":
                 return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
                         "where": e.where, "traceback": e.tb}
-        started()
         try:
             payload = task(ctx) if ctx.in_group else {}
         except StudentError as e:
             return {"status": "error", "kind": e.kind, "message": e.message, "function": e.function,
                     "where": e.where, "traceback": e.tb}
+        sync(b"E", b"F")  # the window closes before the answer is packed
         if not dist.is_initialized():
             return {"status": "error", "kind": "exception", "function": "",
                     "message": "the process group was destroyed during the call", "where": "", "traceback": ""}
@@ -187,7 +195,15 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
         _redirect(job["stdout_path"], 1)
         _redirect(job["stderr_path"], 2)
         try:
-            result = _run_job(job, rank, lambda: conn.send_bytes(b"S" + job["nonce"].encode()))
+            nonce = job["nonce"].encode()
+
+            def sync(say: bytes, wait_for: bytes) -> None:
+                """Tell the grader where this rank is, and wait until it has read the kernel's counts."""
+                conn.send_bytes(say + nonce)
+                if conn.recv_bytes(64) != wait_for + nonce:
+                    raise RuntimeError(f"the grader's reply to {say!r} was not {wait_for!r}")
+
+            result = _run_job(job, rank, sync)
         except BaseException:
             result = {"status": "grader_error", "message": traceback.format_exc()[-2000:]}
         sys.stdout.flush()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, member_positions, per_member, randn, register
+from grader.checks import Check, member_positions, per_member, randn, register, traffic
 from grader.compare import check_tensor, tolerance
 from grader.tasks import DTYPES
 from grader.verdict import PASS, Kind, Verdict, fail
@@ -76,15 +76,16 @@ class DistributedAttention(Check):
     def judge(self, case, inputs, outcomes):
         full = {n: inputs[case.members[0]][f"full_{n}"] for n in ("q", "k", "v", "g")}
         # What a case is about is judged first: a ring with the wrong peers is a communication failure
-        # even when its numbers are wrong too.
-        if self.mode == "comm":
-            verdict = COMM_JUDGES[self.function](case, outcomes)
-        elif self.mode == "compute":
+        # even when its numbers are wrong too. Every multi-rank case checks the exercise's pattern, and
+        # the record it is read from against the kernel's byte counts.
+        verdict = None
+        if case.group_size > 1:
+            verdict = (traffic.judge_record(case, outcomes) or
+                       COMM_JUDGES[self.function](case, outcomes, CALLS.get(self.mode)))
+        if verdict is None and self.mode == "compute":
             verdict = judge_compute(case, outcomes)
-        elif self.mode == "memory":
+        if verdict is None and self.mode == "memory":
             verdict = judge_memory(case, outcomes)
-        else:
-            verdict = None
         verdict = verdict or judge_outputs(case, self.function, full, outcomes)
         if verdict is None and self.mode == "backward":
             verdict = judge_gradients(case, self.function, full, outcomes)
@@ -92,6 +93,9 @@ class DistributedAttention(Check):
             verdict = judge_causality(case, self.function, full, outcomes)
         return verdict or PASS
 
+
+#: calls of the attention a mode makes, whose traffic is then exact; a backward's is its own design
+CALLS = {"forward": 1, "comm": 1, "compute": 1, "memory": 1, "causality": 2}
 
 #: what each mode's task reads; the whole sequence (full_*) is the judge's alone
 SENDS = {"backward": ("q", "k", "v", "g"), "causality": ("q", "k", "v", "k2", "v2")}
@@ -259,65 +263,72 @@ def shard_numel(case: Any) -> int:
     return b * h * (s // case.group_size) * d
 
 
-def judge_allgather_comm(case: Any, outcomes: list) -> Verdict | None:
+def judge_allgather_comm(case: Any, outcomes: list, calls: int | None = 1) -> Verdict | None:
     for r in case.members:
-        calls = _big(_calls(outcomes[r]))
-        ops = sorted({c["op"] for c in calls})
-        p2p = [c for c in calls if c["op"] in P2P_SEND | P2P_RECV]
+        found = _big(_calls(outcomes[r]))
+        ops = sorted({c["op"] for c in found})
+        p2p = [c for c in found if c["op"] in P2P_SEND | P2P_RECV]
         if p2p:
             return fail(Kind.COMMUNICATION, f"rank {r} uses point-to-point ops ({', '.join(ops)}); ex3 gathers K and V "
                                             "with all-gather")
         gathered = sum(_numel(c, -1 if c["op"] == "all_gather" else 1) if c["op"] != "all_gather" else
-                       c["tensors"][-1]["numel"] for c in calls if c["op"] in GATHER_OPS)
-        if gathered < 2 * shard_numel(case):
+                       c["tensors"][-1]["numel"] for c in found if c["op"] in GATHER_OPS)
+        want = 2 * shard_numel(case) * (calls or 1)
+        if gathered < want:
             return fail(Kind.COMMUNICATION, f"rank {r} all-gathers {gathered} elements, less than its K and V shards "
-                                            f"({2 * shard_numel(case)}): K and V must both be gathered (ops: "
-                                            f"{', '.join(ops) or 'none'})")
+                                            f"({want}{f' over {calls} calls' if (calls or 1) > 1 else ''}): K and V "
+                                            f"must both be gathered (ops: {', '.join(ops) or 'none'})")
     return None
 
 
-def judge_ulysses_comm(case: Any, outcomes: list) -> Verdict | None:
+def judge_ulysses_comm(case: Any, outcomes: list, calls: int | None = 1) -> Verdict | None:
     p = case.group_size
     for r in case.members:
-        calls = _big(_calls(outcomes[r]))
-        other = sorted({c["op"] for c in calls if c["op"] not in ALL_TO_ALL_OPS})
+        found = _big(_calls(outcomes[r]))
+        other = sorted({c["op"] for c in found if c["op"] not in ALL_TO_ALL_OPS})
         if other:
             return fail(Kind.COMMUNICATION, f"rank {r} calls {', '.join(other)}; Ulysses moves q, k, v and the output "
                                             "with all-to-all only")
-        moved = sum(_numel(c) // 2 for c in calls)  # each call lists its output and its input
-        want = 4 * shard_numel(case)
-        if p > 1 and moved != want:
+        moved = sum(_numel(c) // 2 for c in found)  # each call lists its output and its input
+        want = 4 * shard_numel(case) * (calls or 1)
+        if p > 1 and calls and moved != want:
             return fail(Kind.COMMUNICATION, f"rank {r} passes {moved} elements through all-to-all; q, k, v in and the "
-                                            f"output back are 4 shards = {want} elements, of which (P-1)/P = "
+                                            f"output back are 4 shards per call = {want} elements, of which (P-1)/P = "
                                             f"{(p - 1) * want // p} leave the rank")
     return None
 
 
-def judge_ring_comm(case: Any, outcomes: list) -> Verdict | None:
+def judge_ring_comm(case: Any, outcomes: list, calls: int | None = 1) -> Verdict | None:
     ranks = case.members
     p = len(ranks)
-    want = 2 * (p - 1) * shard_numel(case)
+    want = 2 * (p - 1) * shard_numel(case) * (calls or 1)
     for i, r in enumerate(ranks):
-        calls = _calls(outcomes[r])
-        big = _big(calls)
+        found = _calls(outcomes[r])
+        big = _big(found)
         collectives = sorted({c["op"] for c in big if c["op"] not in P2P_SEND | P2P_RECV})
         if collectives:
             return fail(Kind.COMMUNICATION, f"rank {r} calls {', '.join(collectives)} on large tensors; a ring moves "
                                             "K/V by point-to-point ops only (send/recv, isend/irecv, "
                                             "batch_isend_irecv)")
         nxt, prv = ranks[(i + 1) % p], ranks[(i - 1) % p]
-        sends = [c for c in calls if c["op"] in P2P_SEND]
-        recvs = [c for c in calls if c["op"] in P2P_RECV]
+        sends = [c for c in found if c["op"] in P2P_SEND]
+        recvs = [c for c in found if c["op"] in P2P_RECV]
         wrong = [c for c in sends if c.get("peer") != nxt] + [c for c in recvs if c.get("peer") != prv]
         if wrong:
             c = wrong[0]
             return fail(Kind.COMMUNICATION, f"rank {r} calls {c['op']} with peer {c.get('peer')}; in the ring it sends "
                                             f"to rank {nxt} and receives from rank {prv} (global ranks)",
                         hint="Inside a subgroup, peers are global ranks: dist.get_global_rank(group, (r + 1) % P).")
+        stray = traffic.from_peers(outcomes[r], {nxt, prv})
+        if stray > traffic.slack(found, len(outcomes)):
+            return fail(Kind.COMMUNICATION, f"rank {r} received {stray} bytes from ranks other than its ring "
+                                            f"neighbours {prv} and {nxt}, by the kernel's count of its sockets",
+                        detail=traffic.describe(outcomes[r]))
         sent, received = sum(_numel(c) for c in sends), sum(_numel(c) for c in recvs)
-        if sent != want or received != want:
+        if calls and (sent != want or received != want):
             return fail(Kind.COMMUNICATION, f"rank {r} sends {sent} and receives {received} elements; the ring moves "
-                                            f"exactly 2·(P-1)·numel(K shard) = {want} each way")
+                                            f"exactly 2·(P-1)·numel(K shard) = {want} each way"
+                                            f"{f' over {calls} calls' if calls > 1 else ''}")
     return None
 
 

@@ -1,0 +1,118 @@
+"""Communication is graded from the kernel's byte counts, which code in a rank cannot forge.
+
+Each cheat below gets the right numbers while hiding, faking or switching off
+the in-rank record of torch.distributed calls, the way a student who has read
+the grader's source would. Each must lose every multi-rank case of its
+exercise with the failure kind that names the lie; the solutions keep full
+marks (tests/test_kit_grades.py), with the kernel's counts matching the
+record's on every case (here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import KIT, make_submission
+from grader.grading import Grader
+from grader.verdict import Kind
+from variants import Span, Variant, apply
+
+EX3, EX4, EX5 = "ex3_allgather_attention.py", "ex4_ulysses_attention.py", "ex5_ring_attention.py"
+
+HIDDEN_GATHER = ("    cur = torch.stack((k, v))  # (2, B, H, S/P, D): K and V travel as one message\n"
+                 "    nxt = torch.empty_like(cur)\n")
+
+CHEATS = [
+    Variant(
+        "ex5_cheat_unrecorded_allgather", EX5,
+        "K/V all-gathered through the unwrapped function (dist.all_gather.__wrapped__), then a dummy ring of "
+        "the right size run for the record while the blocks come from the gathered copy",
+        [(HIDDEN_GATHER,
+          HIDDEN_GATHER +
+          "    blocks = [torch.empty_like(cur) for _ in range(world_size)]\n"
+          "    getattr(dist.all_gather, '__wrapped__', dist.all_gather)(blocks, cur, group=group)\n"),
+         ("            out_rows, lse_rows = merge_attention(",
+          "            blk_out, blk_lse = attention_with_lse(\n"
+          "                q_c[:, :, q_start:], blocks[(rank - step) % world_size][0, :, :, :k_stop],\n"
+          "                blocks[(rank - step) % world_size][1, :, :, :k_stop],\n"
+          "                q_pos_dev[q_start:], k_pos[:k_stop].to(q.device))\n"
+          "            out_rows, lse_rows = merge_attention(")],
+    ),
+    Variant(
+        "ex5_cheat_record_switched_off", EX5,
+        "the record switched off (grader.instrument._trace = None, reached through sys.modules) around a "
+        "hidden all-gather",
+        [(HIDDEN_GATHER,
+          HIDDEN_GATHER +
+          "    import sys\n"
+          "    rec = sys.modules['grader.instrument']\n"
+          "    saved, rec._trace = rec._trace, None\n"
+          "    blocks = [torch.empty_like(cur) for _ in range(world_size)]\n"
+          "    dist.all_gather(blocks, cur, group=group)\n"
+          "    rec._trace = saved\n")],
+    ),
+    Variant(
+        "ex4_cheat_pg_allgather_dummy_alltoall", EX4,
+        "q, k, v all-gathered through the ProcessGroup object's own method, attention on the whole sequence, "
+        "and four dummy all_to_all_single calls of the right size for the record",
+        [(Span("    q_h, k_h, v_h = (seq_to_head(t, group) for t in (q, k, v))", "return head_to_seq(out_h, group)  # (B, H, S/P, D)"),
+          "    pg = group if group is not None else dist.distributed_c10d._get_default_group()\n"
+          "    def gather(t):\n"
+          "        parts = [torch.empty_like(t) for _ in range(world_size)]\n"
+          "        pg.allgather([parts], [t.contiguous()]).wait()\n"
+          "        return torch.cat(parts, dim=2)\n"
+          "    full_q, full_k, full_v = gather(q), gather(k), gather(v)\n"
+          "    for t in (q, k, v, q):\n"
+          "        dist.all_to_all_single(torch.empty_like(t), t.contiguous(), group=group)\n"
+          "    out, _ = attention_with_lse(full_q, full_k, full_v, pos, pos, causal=True)\n"
+          "    rank = dist.get_rank(group)\n"
+          "    mine = torch.cat([torch.nonzero(pos == p).flatten() for p in shard_positions(seq_len, rank, world_size, scheme).to(pos.device)])\n"
+          "    return out[:, :, mine].to(q.dtype)")],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def graded(lab, tmp_path_factory):
+    """Every multi-rank case of each cheat's exercise, graded."""
+    found = {}
+    for cheat in CHEATS:
+        sub = make_submission(tmp_path_factory.mktemp(cheat.name), {cheat.solution: apply(cheat)})
+        cases = [c for c in lab.cases if c.exercise == cheat.exercise and c.group_size > 1
+                 and c.check not in ("seq_to_head", "head_to_seq", "heads_error")]
+        with Grader(sub, lab) as grader:
+            found[cheat.name] = [grader.run(c) for c in cases]
+    return found
+
+
+@pytest.mark.parametrize("cheat", [c.name for c in CHEATS])
+def test_cheat_loses_every_multirank_case(cheat, graded):
+    results = graded[cheat]
+    assert results
+    passed = [r.case.title for r in results if r.verdict.passed]
+    assert not passed, f"{cheat} passed {passed}"
+    kinds = {r.verdict.kind for r in results}
+    assert kinds <= {Kind.RECORD_MISMATCH, Kind.COMMUNICATION}, kinds
+    assert Kind.RECORD_MISMATCH in kinds
+    assert any("the communication record does not match what the ranks actually sent" in r.verdict.message
+               for r in results)
+
+
+def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
+    """Lines written into the record for transfers that never happened are caught by the kernel's count."""
+    fake = ("    import sys\n"
+            "    rec = sys.modules['grader.instrument']._trace\n"
+            "    for _ in range(8):\n"
+            "        n = rec.next_call()\n"
+            "        rec.write({'call': n, 'op': 'all_gather', 'state': 'begin', 'group': None,\n"
+            "                   'tensors': [{'numel': 1 << 20, 'bytes': 4 << 20, 'shape': [1 << 20], 'dtype': 'float32'}]})\n"
+            "        rec.write({'call': n, 'state': 'end'})\n")
+    source = (KIT / "solutions" / EX3).read_text()
+    marker = "    ### BEGIN SOLUTION\n"
+    at = source.index(marker, source.index("def all_gather_kv_attention")) + len(marker)
+    sub = make_submission(tmp_path, {EX3: source[:at] + fake + source[at:]})
+    case = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
+    assert "claims at least" in result.verdict.message
