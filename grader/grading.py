@@ -33,6 +33,8 @@ class CaseResult:
     seconds: float = 0.0
     output: str = ""          # captured stdout/stderr of the ranks, capped
     trace: list = field(default_factory=list)
+    # per rank, what the kernel counted in the call: bytes received per peer, peak memory, CPU seconds
+    evidence: list = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -153,7 +155,8 @@ class Grader:
             # Fresh ranks cost milliseconds: whatever a failed case left in its ranks (threads, state,
             # a half-finished collective) must not reach the submission's next case.
             self.runner.pool(nranks).recycle()
-        return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks])
+        evidence = [{"received": o.received, "peak": o.peak, "cpu": o.cpu} for o in run.ranks]
+        return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks], evidence=evidence)
 
     def prepare(self, cases: list[Case]) -> None:
         """Fork the pools the selection needs now: they get ready while the first cases run."""

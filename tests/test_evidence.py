@@ -116,3 +116,29 @@ def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
         result = grader.run(case)
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "claims at least" in result.verdict.message
+
+
+BLIND = ('def ring_forward(q, k, v, scheme="contiguous", group=None):\n',
+         'def ring_forward(q, k, v, scheme="contiguous", group=None):\n'
+         '    from torch.utils._python_dispatch import _disable_current_modes\n'
+         '    with _disable_current_modes():  # no TorchDispatchMode (FLOP counter, memory probe) sees the call\n'
+         '        return _ring_forward(q, k, v, scheme, group)\n\n\n'
+         'def _ring_forward(q, k, v, scheme="contiguous", group=None):\n')
+
+
+@pytest.mark.parametrize("bug, case_name, kind", [
+    ("ex5_bug_no_skip", "compute_contiguous", Kind.COMPUTE),
+    ("ex5_bug_keeps_all_blocks", "memory", Kind.MEMORY),
+])
+def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, lab, tmp_path):
+    """A ring that hides from the in-rank probes is judged by the kernel's CPU time and peak memory."""
+    from variants import VARIANTS
+
+    variant = next(v for v in VARIANTS if v.name == bug)
+    blinded = Variant(bug + "_blinded", variant.solution, variant.bug, variant.edits + [BLIND])
+    sub = make_submission(tmp_path, {variant.solution: apply(blinded)})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is kind, result.verdict.message
+    assert "kernel" in result.verdict.message
