@@ -50,7 +50,7 @@ import torch
 
 from grader import grading, manifest as manifest_mod, reference
 from grader.compare import tolerance
-from grader.runner import RankOutcome, Runner
+from grader.runner import RankOutcome, Runner, RunOutcome
 from grader.tasks import DTYPES, Spec
 from grader.verdict import Kind
 
@@ -203,7 +203,7 @@ def _window(outcome: RankOutcome, marks: dict, phase: str, world_size: int) -> t
     return sent, received
 
 
-def _inputs(sizes: Sizes, p: int, scheme: str, seed: int = 0) -> tuple[list[dict], dict]:
+def inputs(sizes: Sizes, p: int, scheme: str, seed: int = 0) -> tuple[list[dict], dict]:
     """Per-rank shards of q, k, v and an upstream gradient; the full float64 tensors for the reference."""
     s = sizes.seq(p)
     gen = torch.Generator().manual_seed(seed)
@@ -225,6 +225,56 @@ class _Config:
 LEFT_OUT = (Kind.NOT_IMPLEMENTED, Kind.MISSING, Kind.SYNTAX_ERROR)
 
 
+def job_for(manifest: manifest_mod.Manifest, sizes: Sizes, exercise: str, scheme: str, p: int, reps: int) -> dict:
+    """The rank job of one configuration, less where the submission is and the backend."""
+    s = sizes.seq(p)
+    spec = Spec(exercise=exercise, check="bench", world_size=p, scheme=scheme, dtype=sizes.dtype,
+                shape={"B": sizes.batch, "H": sizes.heads, "S": s, "D": sizes.head_dim},
+                params={"function": STRATEGIES[exercise][1], "reps": reps}, members=tuple(range(p)))
+    return {"module": manifest.exercise(exercise).module, "exercise": "bench", "check": "attention",
+            "spec": dataclasses.asdict(spec), "group": None}
+
+
+def record(bench: Bench, exercise: str, scheme: str, p: int, run: RunOutcome, full: dict) -> bool:
+    """The rows of one configuration's run into `bench`; False, and why in `bench`, when it gave none."""
+    sizes = bench.sizes
+    strategy = STRATEGIES[exercise][0]
+    verdict = grading.diagnose(_Config(p), run)
+    if verdict is not None:
+        if verdict.kind in LEFT_OUT:
+            bench.left_out[exercise] = f"{exercise} ({strategy}) left out: {verdict.message}"
+        else:
+            bench.failures.append(f"{exercise} {scheme} P={p}: {verdict.kind.value}: {verdict.message}")
+        return False
+    want = reference.causal_attention(*(full[n].to(DTYPES[sizes.dtype]) for n in ("q", "k", "v")))[0]
+    tol = tolerance(sizes.dtype, p)
+    for r, o in enumerate(run.ranks):
+        got, marks = o.payload.get("out"), o.payload.get("marks", {})
+        expected = reference.shard(want, r, p, 2, scheme)
+        error = (float((got.double() - expected).abs().max()) if isinstance(got, torch.Tensor)
+                 and got.shape == expected.shape else float("inf"))
+        correct = bool(error <= tol.atol + tol.rtol * float(expected.abs().max()))
+        fwd, bwd = _window(o, marks, "forward", p), _window(o, marks, "backward", p)
+        formula = predict(exercise, scheme, sizes, p, r)
+        bench.rows.append(Row(
+            exercise=exercise, strategy=strategy, scheme=scheme, world_size=p, seq_len=sizes.seq(p), rank=r,
+            sent=fwd[0], received=fwd[1], bytes_formula=formula["bytes"],
+            backward_sent=bwd[0] if bwd else None, backward_received=bwd[1] if bwd else None,
+            backward_bytes_formula=formula["backward"], peak_bytes=int(o.payload.get("peak_bytes", 0)),
+            memory_formula=formula["memory"], flops=int(o.payload.get("flops", 0)),
+            flops_formula=formula["flops"], forward_s=statistics.median(o.payload["forward_s"]),
+            backward_s=statistics.median(o.payload["backward_s"]) if o.payload.get("backward") else None,
+            correct=correct, max_error=error))
+    # Ranks wait for each other: a configuration takes as long as its slowest rank.
+    for field_name in ("forward_s", "backward_s"):
+        rows = bench.rows[-p:]
+        values = [getattr(row, field_name) for row in rows]
+        if None not in values:
+            for row in rows:
+                setattr(row, field_name, max(values))
+    return True
+
+
 class Session:
     """One submission's bench: its staged copy and rank pools live as long as the session."""
 
@@ -238,56 +288,16 @@ class Session:
 
     def measure(self, bench: Bench, exercise: str, scheme: str, p: int, reps: int) -> None:
         """One configuration's rows into `bench`, or why it gave none."""
-        sizes = bench.sizes
-        strategy, function = STRATEGIES[exercise]
-        config = _Config(p)
-        backend, skip = grading.backend_for(config, self.backend)
+        backend, skip = grading.backend_for(_Config(p), self.backend)
         if skip:
             bench.notes.append(f"{exercise} {scheme} P={p}: skipped, {skip}")
             return
-        s = sizes.seq(p)
-        spec = Spec(exercise=exercise, check="bench", world_size=p, scheme=scheme, dtype=sizes.dtype,
-                    shape={"B": sizes.batch, "H": sizes.heads, "S": s, "D": sizes.head_dim},
-                    params={"function": function, "reps": reps}, members=tuple(range(p)))
-        job = {"submission": str(self.staged), "modules": self.modules,
-               "module": self.manifest.exercise(exercise).module, "exercise": "bench", "check": "attention",
-               "spec": dataclasses.asdict(spec), "backend": backend, "group": None}
-        ranks, full = _inputs(sizes, p, scheme)
+        job = job_for(self.manifest, bench.sizes, exercise, scheme, p, reps)
+        job.update(submission=str(self.staged), modules=self.modules, backend=backend)
+        ranks, full = inputs(bench.sizes, p, scheme)
         run = self.runner.pool(p).run(job, ranks, BUDGET)
-        verdict = grading.diagnose(config, run)
-        if verdict is not None:
+        if not record(bench, exercise, scheme, p, run, full):
             self.runner.pool(p).recycle()  # as in grading: nothing a failed run left reaches the next
-            if verdict.kind in LEFT_OUT:
-                bench.left_out[exercise] = f"{exercise} ({strategy}) left out: {verdict.message}"
-            else:
-                bench.failures.append(f"{exercise} {scheme} P={p}: {verdict.kind.value}: {verdict.message}")
-            return
-        want = reference.causal_attention(*(full[n].to(DTYPES[sizes.dtype]) for n in ("q", "k", "v")))[0]
-        tol = tolerance(sizes.dtype, p)
-        for r, o in enumerate(run.ranks):
-            got, marks = o.payload.get("out"), o.payload.get("marks", {})
-            expected = reference.shard(want, r, p, 2, scheme)
-            error = (float((got.double() - expected).abs().max()) if isinstance(got, torch.Tensor)
-                     and got.shape == expected.shape else float("inf"))
-            correct = bool(error <= tol.atol + tol.rtol * float(expected.abs().max()))
-            fwd, bwd = _window(o, marks, "forward", p), _window(o, marks, "backward", p)
-            formula = predict(exercise, scheme, sizes, p, r)
-            bench.rows.append(Row(
-                exercise=exercise, strategy=strategy, scheme=scheme, world_size=p, seq_len=s, rank=r,
-                sent=fwd[0], received=fwd[1], bytes_formula=formula["bytes"],
-                backward_sent=bwd[0] if bwd else None, backward_received=bwd[1] if bwd else None,
-                backward_bytes_formula=formula["backward"], peak_bytes=int(o.payload.get("peak_bytes", 0)),
-                memory_formula=formula["memory"], flops=int(o.payload.get("flops", 0)),
-                flops_formula=formula["flops"], forward_s=statistics.median(o.payload["forward_s"]),
-                backward_s=statistics.median(o.payload["backward_s"]) if o.payload.get("backward") else None,
-                correct=correct, max_error=error))
-        # Ranks wait for each other: a configuration takes as long as its slowest rank.
-        for field_name in ("forward_s", "backward_s"):
-            rows = bench.rows[-p:]
-            values = [getattr(row, field_name) for row in rows]
-            if None not in values:
-                for row in rows:
-                    setattr(row, field_name, max(values))
 
     def close(self) -> None:
         self.runner.close()

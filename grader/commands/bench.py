@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 
 from grader import bench, grading, manifest, reference
-from grader.cli import add_common
+from grader.cli import MANIFEST_HELP, add_common
 from grader.commands.check import default_submission
 
 WIDTH = 140  # the table's width when stdout is not a terminal
 OUT_HELP = "folder for bench.csv and the PNGs (default: ./bench)"
 
 
-def configure(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser, *, world_sizes: bool = True) -> None:
+    """The bench's options; under torchrun (world_sizes=False) P is the number of processes."""
     p.add_argument("submission", nargs="?", default=None, metavar="SUBMISSION",
                    help="folder with the exercise files (default: ./exercises, else the kit's exercises/; "
                         "`solutions` for the instructor's view)")
@@ -23,8 +24,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                                             "(default: all three)")
     p.add_argument("--schemes", nargs="+", default=list(reference.SCHEMES), choices=list(reference.SCHEMES),
                    metavar="SCHEME", help="sharding schemes (default: all three)")
-    p.add_argument("--world-sizes", nargs="+", type=int, default=list(bench.WORLD_SIZES), metavar="P",
-                   help="numbers of ranks (default: 1 2 4 8)")
+    if world_sizes:
+        p.add_argument("--world-sizes", nargs="+", type=int, default=list(bench.WORLD_SIZES), metavar="P",
+                       help="numbers of ranks (default: 1 2 4 8)")
     d = bench.Sizes()
     p.add_argument("--batch", type=int, default=d.batch, help=f"B (default: {d.batch})")
     p.add_argument("--heads", type=int, default=d.heads, help=f"H; Ulysses needs P | H (default: {d.heads})")
@@ -37,7 +39,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"dtype of q, k, v (default: {d.dtype})")
     p.add_argument("--reps", type=int, default=2, help="timed runs per figure; the median is shown (default: 2)")
     p.add_argument("--out", default="bench", help=OUT_HELP)
-    add_common(p)
+    if world_sizes:
+        add_common(p)
+    else:
+        p.add_argument("--manifest", default=None, help=MANIFEST_HELP)
+
+
+def sizes_of(args: argparse.Namespace) -> bench.Sizes:
+    return bench.Sizes(batch=args.batch, heads=args.heads, head_dim=args.head_dim,
+                       tokens_per_rank=args.tokens_per_rank, seq_len=args.seq_len, dtype=args.dtype)
 
 
 def _kib(n: float | None) -> str:
@@ -99,18 +109,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from grader import bench_plots
-
     try:
         m = manifest.load(args.manifest)
     except manifest.ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sizes = bench.Sizes(batch=args.batch, heads=args.heads, head_dim=args.head_dim,
-                        tokens_per_rank=args.tokens_per_rank, seq_len=args.seq_len, dtype=args.dtype)
     submission = Path(args.submission) if args.submission else default_submission()
-    # Piped or redirected, rich would wrap the table at 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=WIDTH)
     err = Console(stderr=True)
     steps = bench.plan(args.exercises, args.schemes, args.world_sizes)
     err.print(f"Benchmarking {submission}: {len(steps)} configuration(s)")
@@ -118,14 +122,26 @@ def run(args: argparse.Namespace) -> int:
         with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=True) as progress:
             bar = progress.add_task("starting", total=len(steps))
+
             def step(label: str) -> None:
                 progress.update(bar, description=label, advance=1)
 
-            result = bench.run(submission, m, sizes, exercises=args.exercises, schemes=args.schemes,
+            result = bench.run(submission, m, sizes_of(args), exercises=args.exercises, schemes=args.schemes,
                                world_sizes=args.world_sizes, reps=args.reps, backend=args.backend, on_step=step)
     except grading.SubmissionError as e:
         err.print(f"error: {e}")
         return 2
+    return show(result, Path(args.out))
+
+
+def show(result: bench.Bench, out: Path) -> int:
+    """Print what was left out, what failed, the table and the formulas; write the CSV and the PNGs."""
+    from rich.console import Console
+
+    from grader import bench_plots
+
+    # Piped or redirected, rich would wrap the table at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=WIDTH)
     for line in list(result.left_out.values()) + result.notes:
         console.print(line, markup=False)
     for line in result.failures:
@@ -142,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"  {bench.STRATEGIES[exercise][0]}: bytes {formulas['bytes']}, backward "
                       f"{formulas['backward bytes']}; FLOPs {flops}; memory bound {formulas['memory']}",
                       markup=False)
-    out = Path(args.out)
     bench.write_csv(result, out / "bench.csv")
     written = bench_plots.write(result, out)
     console.print(f"wrote {out / 'bench.csv'}, " + ", ".join(str(p) for p in written), markup=False)
