@@ -44,7 +44,7 @@ import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -265,6 +265,9 @@ def record(bench: Bench, exercise: str, scheme: str, p: int, run: RunOutcome, fu
             flops_formula=formula["flops"], forward_s=statistics.median(o.payload["forward_s"]),
             backward_s=statistics.median(o.payload["backward_s"]) if o.payload.get("backward") else None,
             correct=correct, max_error=error))
+    errors = {o.payload["backward_error"] for o in run.ranks if o.payload.get("backward_error")}
+    if errors:
+        bench.failures.append(f"{exercise} {scheme} P={p}: backward raised {sorted(errors)[0]}")
     # Ranks wait for each other: a configuration takes as long as its slowest rank.
     for field_name in ("forward_s", "backward_s"):
         rows = bench.rows[-p:]
@@ -309,13 +312,13 @@ class Session:
         self.close()
 
 
-def plan(exercises: list[str], schemes: list[str], world_sizes: list[int]) -> list[tuple[str, str, int]]:
+def plan(exercises: Sequence[str], schemes: Sequence[str], world_sizes: Sequence[int]) -> list[tuple[str, str, int]]:
     return [(ex, scheme, p) for ex in exercises for p in world_sizes for scheme in schemes]
 
 
 def run(submission: str | Path, manifest: manifest_mod.Manifest, sizes: Sizes, *,
-        exercises: list[str] = list(STRATEGIES), schemes: list[str] = list(reference.SCHEMES),
-        world_sizes: list[int] = list(WORLD_SIZES), reps: int = 3, backend: str = "gloo",
+        exercises: Sequence[str] = tuple(STRATEGIES), schemes: Sequence[str] = reference.SCHEMES,
+        world_sizes: Sequence[int] = WORLD_SIZES, reps: int = 2, backend: str = "gloo",
         on_step: Callable[[str], None] | None = None) -> Bench:
     """Measure every configuration of the sweep; `on_step` hears of each as it starts."""
     bench = Bench(sizes)

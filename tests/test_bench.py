@@ -80,3 +80,14 @@ def test_the_command_leaves_an_unimplemented_exercise_out_with_a_line(tmp_path, 
     for name in ("bytes.png", "memory.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "flops.png").exists()  # the ring's plot, and the ring was left out
+
+
+def test_a_backward_that_raises_keeps_the_forward_figures_and_says_so(tmp_path, lab):
+    solution = (KIT / "solutions" / "ex3_allgather_attention.py").read_text()
+    broken = solution.replace("        world_size = dist.get_world_size(ctx.group)\n        batch, heads, seq_len",
+                              "        raise RuntimeError('no backward here')\n        batch, heads, seq_len")
+    assert broken != solution
+    sub = make_submission(tmp_path, {"ex3_allgather_attention.py": broken})
+    result = bench.run(sub, lab, SIZES, exercises=["ex3"], schemes=["contiguous"], world_sizes=[SMALL_P], reps=1)
+    assert result.failures == ["ex3 contiguous P=2: backward raised RuntimeError: no backward here"]
+    assert [(r.sent, r.backward_sent) for r in result.rows] == [(r.bytes_formula, None) for r in result.rows]

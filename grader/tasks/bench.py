@@ -9,7 +9,8 @@ record itself:
   2. one forward under the probes (grader.probes): FLOPs and peak live memory;
   3. `reps` timed forwards, each after a barrier so that ranks start together;
   4. where the output requires grad: one backward (its traffic), then `reps`
-     timed backwards, each after an untimed forward.
+     timed backwards, each after an untimed forward. A backward that raises
+     leaves the forward's figures standing, with its error.
 The barriers and the phases' own calls fall outside the marked windows.
 """
 
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from grader import instrument
+from grader.adapter import StudentError
 from grader.probes import measure
 from grader.tasks import task
 
@@ -67,7 +69,10 @@ def attention(ctx):
         return {**result, "backward": False}
     backward = lambda o: ctx.submission.run(f"{spec.exercise} {function} backward", o.backward, g.to(o.dtype))
     begin = _calls_so_far()
-    backward(first)
+    try:
+        backward(first)
+    except StudentError as e:  # the forward's figures stand; the parent reports the backward's error
+        return {**result, "backward": False, "backward_error": e.message}
     marks["backward"] = (begin, _calls_so_far())
     backward_s = []
     for _ in range(reps):
