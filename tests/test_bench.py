@@ -91,3 +91,24 @@ def test_a_backward_that_raises_keeps_the_forward_figures_and_says_so(tmp_path, 
     result = bench.run(sub, lab, SIZES, exercises=["ex3"], schemes=["contiguous"], world_sizes=[SMALL_P], reps=1)
     assert result.failures == ["ex3 contiguous P=2: backward raised RuntimeError: no backward here"]
     assert [(r.sent, r.backward_sent) for r in result.rows] == [(r.bytes_formula, None) for r in result.rows]
+
+
+def test_past_the_reference_size_a_spread_sample_of_rows_is_checked(monkeypatch):
+    import torch
+
+    from grader import reference
+    from grader.compare import tolerance
+
+    monkeypatch.setattr(bench, "REFERENCE_ELEMENTS", 1000)
+    sizes = bench.Sizes(heads=2, head_dim=4, tokens_per_rank=256, dtype="float64")
+    _, full = bench.inputs(sizes, 2, "zigzag")
+    pos = reference.positions(512, 1, 2, "zigzag")
+    right = reference.shard(reference.causal_attention(full["q"], full["k"], full["v"])[0], 1, 2, 2, "zigzag")
+    tol = tolerance("float64")
+    error, within = bench.output_error(right, full, "float64", pos, tol)
+    assert within and error < 1e-12
+    sampled = torch.linspace(0, 255, bench.SAMPLE_ROWS).round().long()
+    for row, caught in ((int(sampled[3]), False), (int(sampled[3]) + 1, True)):
+        wrong = right.clone()
+        wrong[:, :, row] += 1.0
+        assert bench.output_error(wrong, full, "float64", pos, tol)[1] is caught
