@@ -96,8 +96,8 @@ def traffic(call: dict, world_size: int) -> tuple[int, int]:
         part = total // (p + 1)  # one rank's slice
         return (p - 1) * part, (p - 1) * part
     if op in ALL_TO_ALL:
-        kept_out = total // 2 * (p - 1) // p
-        return kept_out, kept_out
+        moved = total // 2 * (p - 1) // p  # all but the chunk a rank keeps for itself
+        return moved, moved
     if op in SILENT:
         return 0, 0
     return total, total
