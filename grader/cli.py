@@ -18,6 +18,7 @@ COMMANDS = {
     "release": ("grader.commands.release", "write the student bundle: stubs and public cases only (instructors)"),
     "batch": ("grader.commands.batch", "grade a folder of submissions into a CSV, resumably (instructors)"),
     "gradescope": ("grader.commands.gradescope", "build the Gradescope autograder zip (instructors)"),
+    "bench": ("grader.commands.bench", "measure bytes, memory, FLOPs and time of ex3-ex5 beside their closed forms"),
 }
 
 BACKEND_HELP = ("torch.distributed backend: gloo runs on the CPU everywhere; nccl puts rank r on cuda:r "
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-RANK_COMMANDS = ("check", "grade", "batch")
+RANK_COMMANDS = ("check", "grade", "batch", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
