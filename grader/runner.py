@@ -93,7 +93,8 @@ class RankOutcome:
     cpu: float = 0.0              # CPU seconds the rank spent in the student's call (the kernel's count)
     busy: float = 0.0             # the longest one of its threads ran or waited for a CPU in the call
     # The kernel's evidence of the call, from its start to its end (rank side: "S"/"E" messages):
-    received: dict = field(default_factory=dict)  # peer rank -> bytes this rank received from it (-1: not a rank)
+    # peer rank -> bytes this rank received from it (-1: not a rank); None where no kernel counted (torchrun)
+    received: dict | None = None
     peak: int = 0                 # resident bytes above what the rank held when the call started
 
 
