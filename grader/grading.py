@@ -142,7 +142,8 @@ class Grader:
             job = {"submission": str(self.staged), "modules": self.modules, "module": exercise.module,
                    "exercise": case.exercise, "check": case.check, "spec": dataclasses.asdict(Spec.of(case)),
                    "backend": backend, "group": list(case.group) if case.group and nranks > 1 else None}
-            run = self.runner.pool(nranks).run(job, check.rank_inputs(inputs), case.timeout)
+            run = self.runner.pool(nranks).run(job, check.rank_inputs(inputs), case.timeout,
+                                               evidence=check.evidence)
         except Exception as e:  # the kit's own failure: never charged to the student silently
             return CaseResult(case, fail(Kind.GRADER_ERROR, f"{type(e).__name__}: {e}"))
         verdict = diagnose(case, run)
@@ -320,7 +321,7 @@ def waits(ranks: list[RankOutcome]) -> str:
             c = pending[-1]
             verb = "waits for" if c.get("waiting") else "waits in"
             lines.append(f"  rank {o.rank} {verb} {_call_text(c)}, call #{c['call']}")
-        elif o.status == "ok":
+        elif o.returned:
             lines.append(f"  rank {o.rank} had returned its result")
         elif o.trace:
             last = o.trace[-1]

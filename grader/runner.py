@@ -96,6 +96,7 @@ class RankOutcome:
     # peer rank -> bytes this rank received from it (-1: not a rank); None where no kernel counted (torchrun)
     received: dict | None = None
     peak: int = 0                 # resident bytes above what the rank held when the call started
+    returned: bool = False        # the student's call returned (the rank may not have answered yet)
 
 
 @dataclass
@@ -242,7 +243,7 @@ class RankPool:
             self.handle.wait_gone(0.5)
         self.kill()
 
-    def run(self, job: dict, inputs: list[dict], budget: float) -> RunOutcome:
+    def run(self, job: dict, inputs: list[dict], budget: float, *, evidence: bool = True) -> RunOutcome:
         """Run one job on every rank; never returns before all ranks answered or the pool was killed."""
         try:
             self.wait_ready()
@@ -257,7 +258,7 @@ class RankPool:
         nonce = secrets.token_hex(16)
         paths = {r: {k: str(case_dir / f"{k}{r}") for k in ("trace", "stdout", "stderr")}
                  for r in range(self.world_size)}
-        watch = _Watch(self, nonce, budget)
+        watch = _Watch(self, nonce, budget, evidence)
         jobs = []
         for r in range(self.world_size):
             buf = io.BytesIO()
@@ -297,6 +298,7 @@ class RankPool:
                 outcomes[r] = RankOutcome(r, "timeout" if watch.stopped else "aborted")
             o = outcomes[r]
             o.cpu, o.busy = watch.cpu_used(r), watch.busy(r)
+            o.returned = o.status == "ok" or r in watch.ended
             o.received, o.peak = watch.received.get(r, {}), watch.peaks.get(r, 0)
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
@@ -316,8 +318,9 @@ class RankPool:
 class _Watch:
     """One case's watch over its ranks: their messages, their deaths, and the kernel's count of their CPU."""
 
-    def __init__(self, pool: RankPool, nonce: str, budget: float):
-        self.pool, self.nonce, self.budget = pool, nonce.encode(), budget
+    def __init__(self, pool: RankPool, nonce: str, budget: float, evidence: bool = True):
+        self.pool, self.nonce, self.budget, self.evidence = pool, nonce.encode(), budget, evidence
+        self.ended: set[int] = set()  # ranks waiting after their call for the window to close
         self.outcomes: dict[int, RankOutcome] = {}
         self.started: dict[int, procfs.Sample] = {}  # rank -> the kernel's counts when it started the call
         self.notes: list[str] = []
@@ -326,6 +329,7 @@ class _Watch:
         self._now: dict[int, procfs.Sample] = {}
         self._rss0: dict[int, int] = {}
         self._traffic0: sockets.Traffic = {}
+        self._owners: dict[int, int] = {}
         self.received: dict[int, dict] = {}
         self.peaks: dict[int, int] = {}
 
@@ -382,6 +386,9 @@ class _Watch:
                     break
                 else:
                     continue
+            if all(r in self.ended for r in running) and self.ended - self.received.keys():
+                self._end(running)
+                continue
             samples = {r: procfs.sample(pool.pids[r]) for r in running}
             self._now.update(samples)
             if any(self.over_budget(r) for r in running):
@@ -403,30 +410,40 @@ class _Watch:
 
     def _go(self, ranks: list[int]) -> None:
         """Every rank waits at its start: open the evidence window (peak memory, socket counters), then go."""
-        pids = self.pool.pids
-        for r in ranks:
-            self._rss0[r] = procfs.reset_peak(pids[r])
-        self._traffic0 = self._traffic()
+        if self.evidence:
+            pids = self.pool.pids
+            for r in ranks:
+                self._rss0[r] = procfs.reset_peak(pids[r])
+            try:
+                self._owners = sockets.owners(pids)
+            except OSError:
+                self._owners = {}
+            self._traffic0 = self._traffic()
+        self._release(ranks, b"G")
+
+    def _end(self, running: list[int]) -> None:
+        """Every running rank's call returned and it waits: close their evidence window (one socket dump for
+        all: it walks the kernel's whole TCP table), then let them answer."""
+        ended = sorted(self.ended - self.received.keys())
+        if self.evidence:
+            after = sockets.since(self._traffic(ended), self._traffic0)
+            for r in ended:
+                self.peaks[r] = max(0, procfs.peak(self.pool.pids[r]) - self._rss0.get(r, 0))
+                self.received[r] = {peer: moved[1] for peer, moved in after.get(r, {}).items()}
+        else:
+            self.received.update({r: {} for r in ended})
+        self._release(ended, b"F")
+
+    def _release(self, ranks: list[int], word: bytes) -> None:
         for r in ranks:
             try:
-                self.pool.conns[r].send_bytes(b"G" + self.nonce)
+                self.pool.conns[r].send_bytes(word + self.nonce)
             except OSError:
                 pass  # its death reaches the watch through init
 
-    def _end(self, r: int) -> None:
-        """Rank r's call returned and it waits: close its evidence window, then let it answer."""
-        pid = self.pool.pids[r]
-        self.peaks[r] = max(0, procfs.peak(pid) - self._rss0.get(r, 0))
-        self.received[r] = {peer: moved[1] for peer, moved in
-                            sockets.since(self._traffic(), self._traffic0).get(r, {}).items()}
+    def _traffic(self, fresh: list[int] = ()) -> sockets.Traffic:
         try:
-            self.pool.conns[r].send_bytes(b"F" + self.nonce)
-        except OSError:
-            pass
-
-    def _traffic(self) -> sockets.Traffic:
-        try:
-            return sockets.traffic(self.pool.diag(), self.pool.pids)
+            return sockets.traffic(self.pool.diag(), self.pool.pids, self._owners, fresh)
         except OSError:
             return {}
 
@@ -448,8 +465,8 @@ class _Watch:
         body = body[len(self.nonce):]
         if kind == b"S" and r not in self.started:
             self.started[r] = procfs.sample(self.pool.pids[r])
-        elif kind == b"E" and r in self.started and r not in self.received:
-            self._end(r)
+        elif kind == b"E" and r in self.started and r not in self.ended:
+            self.ended.add(r)
         elif kind == b"A" and r not in self.outcomes:
             self.outcomes[r] = _read_answer(r, body)
             self._now[r] = procfs.sample(self.pool.pids[r])

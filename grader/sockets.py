@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 from collections import defaultdict
+from typing import Iterable
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -112,13 +113,26 @@ def socket_inodes(pid: int) -> set[int]:
 Traffic = dict[int, dict[int, list[int]]]  # rank -> peer rank -> [bytes sent, bytes received]
 
 
-def traffic(diag: socket.socket, pids: dict[int, int]) -> Traffic:
+def owners(pids: dict[int, int]) -> dict[int, int]:
+    """socket inode -> the rank holding it."""
+    return {inode: rank for rank, pid in pids.items() for inode in socket_inodes(pid)}
+
+
+def traffic(diag: socket.socket, pids: dict[int, int], known: dict[int, int] | None = None,
+            fresh: Iterable[int] = ()) -> Traffic:
     """Per rank and peer, the bytes its connections have carried since they were opened.
 
-    A connection whose other end no rank holds is counted under peer -1.
+    `known` is an earlier owners() map, `fresh` ranks whose sockets are read again on top of it (a
+    socket opened since by another rank counts under peer -1: not a rank). A connection whose other
+    end no rank holds is counted under peer -1.
     """
     conns = connections(diag)
-    owner = {inode: rank for rank, pid in pids.items() for inode in socket_inodes(pid)}
+    if known is None:
+        owner = owners(pids)
+    else:
+        owner = dict(known)
+        for rank in fresh:
+            owner.update({inode: rank for inode in socket_inodes(pids[rank])})
     port_owner = {ports[0]: owner[inode] for inode, (ports, _, _) in conns.items() if inode in owner}
     found: Traffic = {rank: defaultdict(lambda: [0, 0]) for rank in pids}
     for inode, ((_, remote), acked, received) in conns.items():

@@ -32,6 +32,8 @@ class Check:
     local = False
     #: the keys of a rank's input dict that its task reads: the only ones sent to the ranks
     sends: tuple[str, ...] = ()
+    #: the judge reads the kernel's evidence of the call (bytes per peer, peak memory): the runner reads it
+    evidence = False
 
     def ranks(self, case: Any) -> int:
         return 1 if self.local else case.world_size

@@ -56,6 +56,8 @@ def perturbed_future(case: Any, full: dict) -> tuple[int, dict]:
 class DistributedAttention(Check):
     """mode: forward | backward | comm | compute | memory | causality."""
 
+    evidence = True
+
     def __init__(self, function: str, mode: str):
         self.function, self.mode = function, mode
 
