@@ -505,9 +505,16 @@ def _decile(score: float, best: float) -> int:
     return 10 if share >= 1 else min(9, int(share * 10))
 
 
+def bin_edges(scores: list[float], mx: float) -> list[float]:
+    """Histogram bins centred on 0, top/steps, ..., top, one bar per point up to 20 points. The top is the
+    best score, not the maximum: bonus points take a full score past it, and it must not fall off."""
+    top = max([mx, *scores]) or 1.0
+    steps = max(1, min(20, round(top)))
+    return [-top / steps / 2 + i * top / steps for i in range(steps + 2)]
+
+
 def plot(outcome: Outcome, path: Path) -> None:
     """A PNG: one histogram of points per exercise, and one of the total."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -521,12 +528,7 @@ def plot(outcome: Outcome, path: Path) -> None:
     FigureCanvasAgg(fig)
     for i, (name, title, scores, mx) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        # up to the best score, not the maximum: bonus points take a full score past it
-        top = max([mx, *scores]) or 1.0
-        steps = max(1, min(20, round(top)))
-        # bins centred on 0, top/steps, ..., top: with integer points up to 20, one bar per score
-        edges = np.linspace(-top / steps / 2, top + top / steps / 2, steps + 2)
-        ax.hist(scores, bins=edges, color="tab:red" if name == "total" else "tab:blue", rwidth=0.85)
+        ax.hist(scores, bins=bin_edges(scores, mx), color="tab:red" if name == "total" else "tab:blue", rwidth=0.85)
         mean = sum(scores) / len(scores)
         ax.set_title(f"{name} {title}".strip() + f"\nmean {mean:.2f} / {mx:g}", fontsize=9)
         ax.set_xlabel("points", fontsize=8)

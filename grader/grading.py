@@ -227,9 +227,9 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
     results = []
     cases = list(cases)
     until = deadlines(cases, budget) if budget else {}
-    start = time.monotonic()
     with Grader(submission, manifest, backend=backend) as grader:
         grader.prepare(cases)
+        start = time.monotonic()
         for case in cases:
             late = case.exercise in until and time.monotonic() - start > until[case.exercise]
             if late:
