@@ -47,7 +47,7 @@ TIME_LIMIT_HELP = ("seconds run_autograder lets grading take; the cases get this
                    "and the longest wall-clock guard of a case, shared by exercise (the plan is printed). Keep it "
                    f"below the autograder timeout set on Gradescope (default: {DEFAULT_TIME_LIMIT:g})")
 #: seconds to start `python -m grader grade` (torch, the rank server) and write results.json, outside the
-#: cases' budget; measured 6-9 s on the 2-core machine (docs/instructors.md), so 4 times that
+#: cases' budget: 14 s on the kit's shared 2-core machine (docs/instructors.md), doubled
 START_ALLOWANCE = 30.0
 ROOT_VARIABLE = "CPLAB_AUTOGRADER_ROOT"
 EXECUTABLE = 0o755

@@ -245,3 +245,18 @@ def test_a_hanging_exercise_costs_that_exercise_only(tmp_path):
     assert len(not_run) >= len([c for c in lab.cases if c.exercise == "ex5" and not c.bonus and not c.hidden]) - 2
     regular = sum(c.points for c in lab.cases if not c.bonus)
     assert data["score"] == regular - sum(c.points for c in lab.cases if c.exercise == "ex5" and not c.bonus)
+
+
+def test_grade_needs_only_what_setup_sh_installs(tmp_path):
+    """setup.sh installs GRADING_PACKAGES alone: `grade` must run with every other dependency missing."""
+    others = ("nbformat", "nbgrader", "rich", "matplotlib", "pytest", "jupyterlab", "notebook")
+    code = ("import sys\n"
+            f"for name in {others!r}:\n"
+            "    sys.modules[name] = None  # import raises ImportError\n"
+            "from grader.cli import main\n"
+            f"sys.exit(main(['grade', {str(KIT / 'solutions')!r}, '--exercises', 'ex2', '--results-json', "
+            f"{str(tmp_path / 'r.json')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=KIT, capture_output=True, text=True, timeout=RUN_LIMIT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["tests"] and all(t["status"] == "passed" for t in data["tests"])
