@@ -150,7 +150,8 @@ class Manifest:
         if not case.hidden:
             return case.title
         hidden = [c.id for c in self.exercise(case.exercise).cases if c.hidden]
-        return f"{case.exercise} - hidden case {hidden.index(case.id) + 1}"
+        number = f" {hidden.index(case.id) + 1}" if case.id in hidden else ""  # a case made outside the manifest
+        return f"{case.exercise} - hidden case{number}"
 
     def select(self, exercises: list[str] | None = None, *, hidden: bool = True) -> list[Case]:
         """Cases of the named exercises (all when None), public only unless hidden=True."""
