@@ -140,7 +140,7 @@ class Grader:
         self._owns_runner = runner is None
         self.runner = runner or Runner(hide=[self.directory])
         self.staged = self.runner.stage(self.directory, self.modules)
-        # (exercise, bonus, kind) -> titles of the cases that stopped so, in the order they ran
+        # (exercise, bonus, kind) -> labels of the cases that stopped so, in the order they ran
         self._faults: dict[tuple[str, bool, Kind], list[str]] = {}
 
     def run(self, case: Case) -> CaseResult:
@@ -156,11 +156,11 @@ class Grader:
     def _repeated(self, case: Case) -> CaseResult | None:
         """A not-run result when STRIKES cases of the same exercise (and bonus flag) already stopped the same way."""
         for kind in REPEATED_FAULTS:
-            titles = self._faults.get((case.exercise, case.bonus, kind), [])
-            if len(titles) >= STRIKES:
+            struck = self._faults.get((case.exercise, case.bonus, kind), [])
+            if len(struck) >= STRIKES:
                 which = "bonus cases" if case.bonus else "cases"
-                return CaseResult(case, fail(kind, f"not run: same {kind.value} as {titles[0]} (and "
-                                                   f"{titles[1]}); the other {which} of {case.exercise} are "
+                return CaseResult(case, fail(kind, f"not run: same {kind.value} as {struck[0]} (and "
+                                                   f"{struck[1]}); the other {which} of {case.exercise} are "
                                                    f"not run, so that one fault costs only this exercise's "
                                                    f"points and time"))
         return None
@@ -231,10 +231,8 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
         grader.prepare(cases)
         start = time.monotonic()
         for case in cases:
-            late = case.exercise in until and time.monotonic() - start > until[case.exercise]
-            if late:
-                results.append(_late(case, until[case.exercise], budget))
-                results[-1].label = manifest.label(case)
+            if case.exercise in until and time.monotonic() - start > until[case.exercise]:
+                results.append(_late(case, manifest, until[case.exercise], budget))
             else:
                 results.append(grader.run(case))
             if on_result:
@@ -259,10 +257,10 @@ def deadlines(cases: list[Case], budget: float) -> dict[str, float]:
     return out
 
 
-def _late(case: Case, until: float, budget: float) -> CaseResult:
+def _late(case: Case, manifest: Manifest, until: float, budget: float) -> CaseResult:
     return CaseResult(case, fail(Kind.TIMEOUT, f"not run: {case.exercise} used up its share of the grading "
                                                f"time (its cases had to start within {until:.0f} s of the "
-                                               f"{budget:g} s budget)"))
+                                               f"{budget:g} s budget)"), label=manifest.label(case))
 
 
 def _output(run: RunOutcome) -> str:
