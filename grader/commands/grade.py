@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # here, so that a mistake in a hidden case can be diagnosed, and only here.
     for r in results:
         if not r.ok:
-            print(("[hidden: staff only] " if r.case.hidden else "") + report.failure(r, show_output=r.case.hidden))
+            print(("[hidden: staff only] " if r.case.hidden else "") + report.failure(r, show_output=False))
     print(report.score_table(results, m))
     return 0
 
