@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grader
-from grader import grading, results_json
+from grader import grading, report, results_json
 from grader.manifest import Case, Manifest
 from grader.manifest import load as load_manifest
 from grader.runner import STARTUP_TIMEOUT
@@ -344,6 +344,10 @@ def _grade(job: Job) -> dict:
     start = time.monotonic()
     try:
         results = grading.grade(job.submission, m, cases, backend=job.settings.backend)
+        # the log is the staff's: every failure in full, hidden cases included, which results.json never shows
+        for r in results:
+            if not r.ok:
+                print(report.failure(r, show_output=False), flush=True)
     except grading.SubmissionError as e:
         return failed_results(str(e), maxima, time.monotonic() - start, job.fingerprint)
     except Exception as e:  # the kit's own failure: the student still gets a row, the log the traceback
@@ -501,9 +505,16 @@ def _decile(score: float, best: float) -> int:
     return 10 if share >= 1 else min(9, int(share * 10))
 
 
+def bin_edges(scores: list[float], mx: float) -> list[float]:
+    """Histogram bins centred on 0, top/steps, ..., top, one bar per point up to 20 points. The top is the
+    best score, not the maximum: bonus points take a full score past it, and it must not fall off."""
+    top = max([mx, *scores]) or 1.0
+    steps = max(1, min(20, round(top)))
+    return [-top / steps / 2 + i * top / steps for i in range(steps + 2)]
+
+
 def plot(outcome: Outcome, path: Path) -> None:
     """A PNG: one histogram of points per exercise, and one of the total."""
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -517,11 +528,7 @@ def plot(outcome: Outcome, path: Path) -> None:
     FigureCanvasAgg(fig)
     for i, (name, title, scores, mx) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        top = mx if mx > 0 else 1.0
-        steps = max(1, min(20, round(top)))
-        # bins centred on 0, top/steps, ..., top: with integer points up to 20, one bar per score
-        edges = np.linspace(-top / steps / 2, top + top / steps / 2, steps + 2)
-        ax.hist(scores, bins=edges, color="tab:red" if name == "total" else "tab:blue", rwidth=0.85)
+        ax.hist(scores, bins=bin_edges(scores, mx), color="tab:red" if name == "total" else "tab:blue", rwidth=0.85)
         mean = sum(scores) / len(scores)
         ax.set_title(f"{name} {title}".strip() + f"\nmean {mean:.2f} / {mx:g}", fontsize=9)
         ax.set_xlabel("points", fontsize=8)
@@ -541,5 +548,6 @@ def _replace(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
+        os.fchmod(f.fileno(), results_json.file_mode())
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -9,44 +9,71 @@ pyproject.toml; never solutions/, which student code running in the image
 could read.
 
 run_autograder always leaves a results.json (see its docstring):
-`RUN_AUTOGRADER` is its source, filled in with the total points and the time
-limit when the zip is built.
+`RUN_AUTOGRADER` is its source, filled in with the maximum score, the time
+limit and the grading budget when the zip is built.
+
+[The time plan]
+Gradescope kills a run that passes its limit and gives 0 for everything; a
+hanging exercise must cost its own points only. So the run is bounded twice:
+  1. inside the grader (grading.Grader), two hangs or two crashes in one
+     exercise end it: its other cases are "not run";
+  2. `grade --time-budget` gives each exercise a share of the budget, in
+     proportion to its case deadlines, and does not start a case past its
+     exercise's share.
+The budget is the time limit less START_ALLOWANCE (starting the grader,
+writing results) and the longest wall-clock guard of a case (the runner
+stops any case within it: the last case started within the budget ends
+before the limit). `Plan` computes it, and the build prints it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
-import re
 import string
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from grader import grading, results_json, runner
 from grader.manifest import KIT_ROOT, Manifest
 from grader.manifest import load as load_manifest
 
 #: seconds `python -m grader grade` may run before run_autograder stops it and reports why
 DEFAULT_TIME_LIMIT = 540.0
-TIME_LIMIT_HELP = ("seconds grading may take before run_autograder stops it and gives score 0 with the reason; "
-                   "keep it below the autograder timeout set on Gradescope, so that results.json says why "
-                   f"(default: {DEFAULT_TIME_LIMIT:g})")
+TIME_LIMIT_HELP = ("seconds run_autograder lets grading take; the cases get this less the start-up allowance "
+                   "and the longest wall-clock guard of a case, shared by exercise (the plan is printed). Keep it "
+                   f"below the autograder timeout set on Gradescope (default: {DEFAULT_TIME_LIMIT:g})")
+#: seconds to start `python -m grader grade` (torch, the rank server) and write results.json, outside the
+#: cases' budget: 14 s on the kit's shared 2-core machine (docs/instructors.md), doubled
+START_ALLOWANCE = 30.0
 ROOT_VARIABLE = "CPLAB_AUTOGRADER_ROOT"
 EXECUTABLE = 0o755
+#: what `python -m grader grade` imports, pinned by setup.sh to the versions this kit was built with;
+#: nbgrader, JupyterLab, pytest, rich and matplotlib are for the other fronts, not the image
+GRADING_PACKAGES = ("torch", "numpy", "pyyaml")
+DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_INDEX_HELP = ("the package index setup.sh installs torch from; '' for pip's default (PyPI, whose Linux "
+                    f"wheels bundle CUDA: gigabytes the CPU-only ranks never use) (default: {DEFAULT_TORCH_INDEX})")
 
 SETUP_SH = """\
 #!/usr/bin/env bash
 # cplab autograder image: Gradescope runs this once, as root, when it builds the image.
 set -euo pipefail
+# Where torch comes from: the one line to edit when this index is unreachable ('' for PyPI).
+TORCH_INDEX="$torch_index"
 ROOT="$${$root_variable:-/autograder}"
 apt-get update
 apt-get install -y --no-install-recommends python3 python3-venv python3-pip
 python3 -m venv "$$ROOT/venv"
 "$$ROOT/venv/bin/pip" install --upgrade pip
-# The CPU build of torch: ranks run on gloo, and the CUDA wheels are gigabytes the image does not need.
-"$$ROOT/venv/bin/pip" install "$torch" --index-url https://download.pytorch.org/whl/cpu
-# Editable: the grader reads lab_manifest.yaml beside its package, in $$ROOT/source.
-"$$ROOT/venv/bin/pip" install -e "$$ROOT/source"
+# Only what grading imports, at the versions the kit was built and tested with.
+"$$ROOT/venv/bin/pip" install $${TORCH_INDEX:+--index-url "$$TORCH_INDEX"} $torch
+"$$ROOT/venv/bin/pip" install $pins
+# Editable and without dependencies: the grader reads lab_manifest.yaml beside its package, in $$ROOT/source.
+"$$ROOT/venv/bin/pip" install --no-deps -e "$$ROOT/source"
 """
 
 RUN_AUTOGRADER = '''\
@@ -75,6 +102,7 @@ from pathlib import Path
 
 MAX_SCORE = $max_score
 TIME_LIMIT = $time_limit
+BUDGET = $budget
 ROOT = Path(os.environ.get("$root_variable", "/autograder"))
 STAFF = "The course staff can see the details."
 
@@ -112,17 +140,23 @@ def grade(results):
     if graded.exists():
         graded.unlink()
     command = [str(ROOT / "venv" / "bin" / "python"), "-m", "grader", "grade", str(ROOT / "submission"),
-               "--results-json", str(graded)]
+               "--results-json", str(graded), "--time-budget", str(BUDGET)]
+    print("run_autograder: %s (stopped after %g s)" % (" ".join(command), TIME_LIMIT), flush=True)
+    # Unbuffered: a grader killed mid-way still leaves every line it printed, which case it reached too.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     with tempfile.TemporaryFile("w+") as log:
         try:
             code = subprocess.run(command, cwd=str(ROOT / "source"), stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=TIME_LIMIT).returncode
+                                  timeout=TIME_LIMIT, env=env).returncode
         except subprocess.TimeoutExpired:
             code = None
         log.seek(0)
         text = log.read()
-    print(text, flush=True)
     seconds = time.monotonic() - start
+    print(text if text.strip() else "(the grader printed nothing)", flush=True)
+    print("run_autograder: the grader %s after %.1f s" % (
+        "was stopped" if code is None else "was killed by %s" % signal.Signals(-code).name if code < 0
+        else "exited with code %d" % code, seconds), flush=True)
     if code is None:
         return failed("grading did not finish within %g s. %s" % (TIME_LIMIT, STAFF), seconds)
     if code != 0:
@@ -156,22 +190,68 @@ README = """\
 
 Built by `python -m grader gradescope`. Upload this zip as the autograder of a
 programming assignment. Students upload their exercise files (`ex*.py`, at the
-top level or under `exercises/`); `run_autograder` grades them on every case
-of lab_manifest.yaml, public and hidden, and always writes results.json.
+top level, under `exercises/`, or one folder down, as a zipped release
+folder has them); `run_autograder` grades them on every case of
+lab_manifest.yaml, public and hidden, and always writes results.json.
+
+$plan
 """
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a run spends Gradescope's time: the limit, what is kept outside the cases, and each exercise's share."""
+
+    time_limit: float
+    budget: float                 # seconds for the cases: grade --time-budget
+    guard: float                  # the longest wall-clock guard of one case: the last one may run that long
+    deadlines: dict[str, float]   # grading.deadlines: by when each exercise's cases must have started
+    cases: dict[str, int]
+
+    @classmethod
+    def of(cls, manifest: Manifest, time_limit: float) -> "Plan":
+        cases = manifest.cases
+        guard = max(max(runner.WALL_MIN, runner.WALL_FACTOR * c.timeout) for c in cases)
+        budget = time_limit - START_ALLOWANCE - guard
+        if budget <= 0:
+            raise ValueError(f"a time limit of {time_limit:g} s leaves no time for the cases: it must exceed "
+                             f"{START_ALLOWANCE:g} s to start the grader plus {guard:g} s, the longest "
+                             f"wall-clock guard of a case")
+        counts: dict[str, int] = {}
+        for c in cases:
+            counts[c.exercise] = counts.get(c.exercise, 0) + 1
+        return cls(time_limit, budget, guard, grading.deadlines(cases, budget), counts)
+
+    def __str__(self) -> str:
+        lines = [f"Time plan: run_autograder stops grading after {self.time_limit:g} s (keep Gradescope's "
+                 f"autograder timeout above it).",
+                 f"  {START_ALLOWANCE:g} s to start the grader and write results.json;",
+                 f"  {self.guard:g} s for the last case to reach its wall-clock guard;",
+                 f"  {self.budget:g} s for the cases (grade --time-budget), shared by the exercises in "
+                 f"proportion to their case deadlines:"]
+        previous = 0.0
+        for ex, until in self.deadlines.items():
+            lines.append(f"    {ex}  {self.cases[ex]:3d} case(s)  share {until - previous:5.0f} s  "
+                         f"cases start before {until:5.0f} s")
+            previous = until
+        lines.append(f"  and after {grading.STRIKES} hangs or {grading.STRIKES} crashes in one exercise, its "
+                     f"other cases are not run. A case not run scores 0 and says why; the others keep "
+                     f"their points.")
+        return "\n".join(lines)
+
+
 def build(out_zip: str | Path, manifest: Manifest | None = None, kit: Path = KIT_ROOT,
-          time_limit: float = DEFAULT_TIME_LIMIT) -> Path:
+          time_limit: float = DEFAULT_TIME_LIMIT, torch_index: str = DEFAULT_TORCH_INDEX) -> Path:
     """Write the autograder zip to `out_zip` (atomically); its path."""
     manifest = manifest or load_manifest()
+    plan = Plan.of(manifest, time_limit)
     out = Path(out_zip).resolve()
     files: dict[str, tuple[bytes, int]] = {
-        "setup.sh": (setup_sh(kit).encode(), EXECUTABLE),
-        "run_autograder": (run_autograder(manifest, time_limit).encode(), EXECUTABLE),
+        "setup.sh": (setup_sh(torch_index).encode(), EXECUTABLE),
+        "run_autograder": (run_autograder(manifest, plan).encode(), EXECUTABLE),
         "lab_manifest.yaml": (manifest.path.read_bytes(), 0o644),
         "pyproject.toml": ((kit / "pyproject.toml").read_bytes(), 0o644),
-        "README.md": (README.encode(), 0o644),
+        "README.md": (string.Template(README).substitute(plan=plan).encode(), 0o644),
     }
     for path in sorted((kit / "grader").rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
@@ -187,19 +267,26 @@ def build(out_zip: str | Path, manifest: Manifest | None = None, kit: Path = KIT
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     with os.fdopen(fd, "wb") as f:
         f.write(buf.getvalue())
+    os.chmod(tmp, results_json.file_mode())
     os.replace(tmp, out)
     return out
 
 
-def run_autograder(manifest: Manifest, time_limit: float) -> str:
-    """The run_autograder script, with the total points (of the failed test) and the time limit filled in."""
-    total = sum(c.points for c in manifest.cases)
-    return string.Template(RUN_AUTOGRADER).substitute(max_score=repr(float(total)),
-                                                      time_limit=repr(float(time_limit)), root_variable=ROOT_VARIABLE)
+def run_autograder(manifest: Manifest, plan: Plan) -> str:
+    """The run_autograder script, with the maximum score (of the failed test), the time limit and budget filled in."""
+    best = sum(c.points for c in manifest.cases if not c.bonus)  # bonus points add to no maximum
+    return string.Template(RUN_AUTOGRADER).substitute(max_score=repr(float(best)), budget=repr(float(plan.budget)),
+                                                      time_limit=repr(float(plan.time_limit)),
+                                                      root_variable=ROOT_VARIABLE)
 
 
-def setup_sh(kit: Path = KIT_ROOT) -> str:
-    """setup.sh, installing torch within the bounds pyproject.toml sets."""
-    spec = re.search(r'"(torch\s*[^"]*)"', (kit / "pyproject.toml").read_text())
-    return string.Template(SETUP_SH).substitute(torch=spec.group(1) if spec else "torch",
+def setup_sh(torch_index: str = DEFAULT_TORCH_INDEX) -> str:
+    """setup.sh, installing GRADING_PACKAGES at the versions installed here, torch from `torch_index`."""
+    torch, *others = (f'"{name}=={_tested(name)}"' for name in GRADING_PACKAGES)
+    return string.Template(SETUP_SH).substitute(torch_index=torch_index, torch=torch, pins=" ".join(others),
                                                 root_variable=ROOT_VARIABLE)
+
+
+def _tested(package: str) -> str:
+    """The installed version, without a local label: torch's '2.13.0+cpu' is '2.13.0' on every index."""
+    return importlib.metadata.version(package).split("+")[0]

@@ -35,6 +35,12 @@ class CaseResult:
     trace: list = field(default_factory=list)
     # per rank, what the kernel counted in the call: bytes received per peer, peak memory, CPU seconds
     evidence: list = field(default_factory=list)
+    label: str = ""           # Manifest.label: the name students may read; the Grader sets it
+
+    @property
+    def name(self) -> str:
+        """The name to show students: never a hidden case's title, even where no Grader set the label."""
+        return self.label or (f"{self.case.exercise} - hidden case" if self.case.hidden else self.case.title)
 
     @property
     def score(self) -> float:
@@ -55,23 +61,42 @@ class CaseResult:
         return 0.0 if self.case.bonus or self.verdict.skipped else self.case.points
 
 
+#: Faults that cost a case its whole deadline (a hang, an endless loop) or its rank processes (a crash):
+#: after STRIKES of one kind among an exercise's cases, its other cases are not run, because one fault
+#: usually stops every case that calls the function, and each would spend its deadline again.
+#: Bonus cases count apart: a hanging bonus backward says nothing of the forward the regular cases test.
+REPEATED_FAULTS = (Kind.TIMEOUT, Kind.CRASHED)
+STRIKES = 2
+
+
 class SubmissionError(ValueError):
     """A submission path the grader cannot use at all (missing, or no exercise files)."""
 
 
 def locate(submission: str | Path, manifest: Manifest) -> Path:
-    """The directory holding the exercise files: SUBMISSION itself or SUBMISSION/exercises."""
+    """The directory holding the exercise files: SUBMISSION, SUBMISSION/exercises, or either of those one
+    folder down (a zipped release folder, `cplab-release/exercises/`); the one with the most of them."""
     root = Path(submission)
     if not root.exists():
         raise SubmissionError(f"{root}: no such file or directory")
     if not root.is_dir():
         raise SubmissionError(f"{root}: not a directory (give the folder holding the exercise files)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    candidates = [root, root / "exercises"] + [d for f in folders if f.name != "exercises"
+                                               for d in (f, f / "exercises")]
+    best = max(candidates, key=lambda d: len(found(d, manifest)))  # the first of the most, in that order
+    if found(best, manifest):
+        return best.resolve()
     names = [ex.file for ex in manifest.exercises]
-    for candidate in (root, root / "exercises"):
-        if any((candidate / n).is_file() for n in names):
-            return candidate.resolve()
-    raise SubmissionError(f"{root}: no exercise files here or under {root / 'exercises'} "
-                          f"(expected any of {', '.join(names)})")
+    seen = sorted(p.relative_to(root).as_posix() for d in candidates if d.is_dir() for p in d.iterdir()
+                  if p.is_file())[:10]
+    raise SubmissionError(f"{root}: no exercise files here, under exercises/ or one folder down (expected "
+                          f"any of {', '.join(names)}; found " + (", ".join(seen) or "no files") + ")")
+
+
+def found(directory: Path, manifest: Manifest) -> list[str]:
+    """The manifest's exercise files that are in `directory`."""
+    return [ex.file for ex in manifest.exercises if (directory / ex.file).is_file()]
 
 
 def backend_for(case: Case, requested: str) -> tuple[str, str]:
@@ -117,17 +142,39 @@ class Grader:
         self._owns_runner = runner is None
         self.runner = runner or Runner(hide=[self.directory])
         self.staged = self.runner.stage(self.directory, self.modules)
+        # (exercise, bonus, kind) -> labels of the cases that stopped so, in the order they ran
+        self._faults: dict[tuple[str, bool, Kind], list[str]] = {}
 
     def run(self, case: Case) -> CaseResult:
         start = time.monotonic()
         exercise = self.manifest.exercise(case.exercise)
-        result = self._run(case, exercise)
+        result = self._repeated(case) or self._run(case, exercise)
         result.seconds = time.monotonic() - start
+        result.label = self.manifest.label(case)
         if not result.verdict.passed and not result.verdict.hint:
             result.verdict.hint = exercise.hint(result.verdict.kind.name.lower())
         return result
 
+    def _repeated(self, case: Case) -> CaseResult | None:
+        """A not-run result when STRIKES cases of the same exercise (and bonus flag) already stopped the same way."""
+        for kind in REPEATED_FAULTS:
+            struck = self._faults.get((case.exercise, case.bonus, kind), [])
+            if len(struck) >= STRIKES:
+                which = "bonus cases" if case.bonus else "cases"
+                return CaseResult(case, fail(kind, f"not run: same {kind.value} as {struck[0]} (and "
+                                                   f"{struck[1]}); the other {which} of {case.exercise} are "
+                                                   f"not run, so that one fault costs only this exercise's "
+                                                   f"points and time"))
+        return None
+
     def _run(self, case: Case, exercise: Exercise) -> CaseResult:
+        result = self._attempt(case, exercise)
+        if result.verdict.kind in REPEATED_FAULTS:
+            key = (case.exercise, case.bonus, result.verdict.kind)
+            self._faults.setdefault(key, []).append(self.manifest.label(case))
+        return result
+
+    def _attempt(self, case: Case, exercise: Exercise) -> CaseResult:
         verdict = _precheck(case, exercise, self.directory)
         if verdict:
             return CaseResult(case, verdict)
@@ -175,17 +222,49 @@ class Grader:
 
 
 def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, backend: str = "auto",
-          on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    """Grade `cases` against the exercise files in `submission`, with fresh rank processes."""
+          on_result: Callable[[CaseResult], None] | None = None, budget: float | None = None) -> list[CaseResult]:
+    """Grade `cases` against the exercise files in `submission`, with fresh rank processes.
+
+    With a `budget` (seconds), a case starts only before its exercise's deadline (`deadlines`); a case
+    that would start later is not run, so a slow exercise costs its own points, never the whole run.
+    """
     results = []
     cases = list(cases)
+    until = deadlines(cases, budget) if budget else {}
     with Grader(submission, manifest, backend=backend) as grader:
         grader.prepare(cases)
+        start = time.monotonic()
         for case in cases:
-            results.append(grader.run(case))
+            if case.exercise in until and time.monotonic() - start > until[case.exercise]:
+                results.append(_late(case, manifest, until[case.exercise], budget))
+            else:
+                results.append(grader.run(case))
             if on_result:
                 on_result(results[-1])
     return results
+
+
+def deadlines(cases: list[Case], budget: float) -> dict[str, float]:
+    """Seconds from the start of grading by which each exercise's cases must have started.
+
+    `budget` is split between the exercises in proportion to the sum of their case deadlines, and the
+    shares add up in the order the exercises run: time that one exercise leaves unused passes to the
+    next, and one whose last case runs past its deadline takes that overrun from the next share only.
+    """
+    weight: dict[str, float] = {}
+    for c in cases:
+        weight[c.exercise] = weight.get(c.exercise, 0.0) + c.timeout
+    total, elapsed, out = sum(weight.values()), 0.0, {}
+    for ex, w in weight.items():
+        elapsed += budget * w / total
+        out[ex] = elapsed
+    return out
+
+
+def _late(case: Case, manifest: Manifest, until: float, budget: float) -> CaseResult:
+    return CaseResult(case, fail(Kind.TIMEOUT, f"not run: {case.exercise} used up its share of the grading "
+                                               f"time (its cases had to start within {until:.0f} s of the "
+                                               f"{budget:g} s budget)"), label=manifest.label(case))
 
 
 def _output(run: RunOutcome) -> str:

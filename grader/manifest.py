@@ -144,6 +144,15 @@ class Manifest:
                 return ex
         raise KeyError(ex_id)
 
+    def label(self, case: Case) -> str:
+        """The case's name wherever a student may read it: its title, or `ex1 - hidden case 3` for the
+        third hidden case of ex1 in manifest order (a hidden case's name and sizes give its inputs away)."""
+        if not case.hidden:
+            return case.title
+        hidden = [c.id for c in self.exercise(case.exercise).cases if c.hidden]
+        number = f" {hidden.index(case.id) + 1}" if case.id in hidden else ""  # a case made outside the manifest
+        return f"{case.exercise} - hidden case{number}"
+
     def select(self, exercises: list[str] | None = None, *, hidden: bool = True) -> list[Case]:
         """Cases of the named exercises (all when None), public only unless hidden=True."""
         unknown = set(exercises or ()) - {ex.id for ex in self.exercises}
@@ -190,8 +199,23 @@ def load(path: str | Path | None = None, *, check_registry: bool = True) -> Mani
             if not checks.exists(case.exercise, case.check):
                 raise ManifestError(f"{where}: {case.exercise} case {case.name!r}: unknown check "
                                     f"{case.check!r} (known: {', '.join(checks.names(case.exercise))})")
+            _reads(case, checks.get(case.exercise, case.check).reads, f"{where}: {case.exercise} case {case.name!r}")
             _heads(case, f"{where}: {case.exercise} case {case.name!r}")
     return manifest
+
+
+def _reads(case: Case, reads: Any, where: str) -> None:
+    """Only the shape keys and params the case's check reads (grader.checks.Reads): a typo must not be
+    ignored (an `s` for `S` would run with a default, or fail while a student is graded)."""
+    for key, allowed in (("shape", reads.shape), ("params", reads.params)):
+        for name in getattr(case, key):
+            if name not in allowed:
+                known = ", ".join(allowed) or "none"
+                raise ManifestError(f"{where}: unknown key '{key}.{name}': check {case.check!r} reads {key} "
+                                    f"{known}")
+    for name in reads.required:
+        if name not in case.shape:
+            raise ManifestError(f"{where}: 'shape' must give {name} (check {case.check!r} reads it)")
 
 
 def _is_int(v: Any) -> bool:

@@ -182,10 +182,8 @@ def _grade(exercise: str, names: list[str], manifest_path: str | None,
             result = grader.run(case)
             results.append(result)
             if case.hidden:
-                # Only the kind: a hidden case's name and message would give its inputs away.
-                n = sum(r.case.hidden for r in results)
-                line = f"hidden case {n}: " + ("ok" if result.verdict.passed
-                                               else f"FAIL [{result.verdict.kind.value}]")
+                # Its number and kind only, as on Gradescope: its name and message would give its inputs away.
+                line = f"{result.name}: " + ("ok" if result.verdict.passed else f"FAIL [{result.verdict.kind.value}]")
                 if not result.verdict.passed:
                     failures.append(line)
             elif result.verdict.passed:

@@ -35,10 +35,6 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-from nbformat import v4
-from nbgrader.coursedir import CourseDirectory
-
 from grader import reference, stubs
 from grader.manifest import SCHEMES, Case, Exercise, Manifest
 from grader.nbgrader_cell import answer_id, answer_source, exercise_imports
@@ -196,6 +192,10 @@ def tests_source(ex: Exercise, check: str, cases: list[Case], *, manifest: str |
 def notebook(ex: Exercise, code: str, lab: Manifest, *, say_it_points: float, manifest: str | None = None,
              backend: str = "auto") -> nbformat.NotebookNode:
     """The source notebook of one exercise; `code` is solutions/<file>, markers included."""
+    # nbformat and nbgrader are imported where used: `python -m grader` loads every command's module,
+    # and the Gradescope image, which runs only `grade`, has neither
+    from nbformat import v4
+
     stubs.clear_solutions(code, ex.file)  # fail here, naming the file, on broken markers
     cells = [v4.new_markdown_cell(lesson(ex, code), id=f"{ex.id}_lesson"),
              v4.new_markdown_cell(how_to(ex, exercise_imports(code, lab)), id=f"{ex.id}_how_to"),
@@ -218,6 +218,8 @@ def notebook(ex: Exercise, code: str, lab: Manifest, *, say_it_points: float, ma
 
 
 def config_block(lab: Manifest) -> str:
+    from nbgrader.coursedir import CourseDirectory
+
     ignore = list(CourseDirectory.class_traits()["ignore"].default()) + [ex.file for ex in lab.exercises]
     code_stub = {"python": "\n".join(stubs.CODE_STUB)}
     return "\n".join([
@@ -269,6 +271,8 @@ def build(course: Path, lab: Manifest, solutions: Path, *, assignment: str = DEF
           say_it_points: float = SAY_IT_POINTS, manifest: str | None = None,
           backend: str = "auto") -> list[Written]:
     """Create or update the course at `course`: nbgrader_config.py and source/<assignment>/<module>.ipynb."""
+    import nbformat
+
     written = []
     config = course / "nbgrader_config.py"
     written.append(_write(config, merge_config(config.read_text() if config.exists() else "", config_block(lab))))

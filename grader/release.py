@@ -169,8 +169,10 @@ sizes of the public cases.
 
 ## Handing in
 
-Hand in the files `exercises/ex*.py` (or this whole folder, the grader finds
-them under `exercises/`). Keep the function names and signatures of the stubs.
+Hand in the files `exercises/ex*.py`, or this whole folder (zipped, too): the
+grader finds the exercise files at the top, under `exercises/`, or one folder
+down, and its report says which files it graded. Keep the function names and
+signatures of the stubs.
 """
 
 

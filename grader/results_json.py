@@ -1,9 +1,12 @@
 """Results in Gradescope's results.json format, written atomically.
 
 Fields used: score, execution_time, output, tests[] with name, score,
-max_score, status, output, visibility. A hidden case shows only whether it
-passed and its failure kind; its message (inputs, sizes, values) stays out of
-what students see, and its visibility is "after_published".
+max_score, status, output, visibility. A hidden case is named by its number
+("ex1 - hidden case 3", Manifest.label) and shows only whether it passed and
+its failure kind; its name and message (inputs, sizes, values) stay out of
+what students see, and its visibility is "after_published". The staff see
+its whole report where students never look: `grade`'s console (on
+Gradescope, the hidden stdout) and batch's logs/<student>.log.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def test_entry(result: CaseResult) -> dict:
         output = "\n".join(p for p in (f"Failed ({v.kind.value}).", v.message, v.detail,
                                        f"Hint: {v.hint}" if v.hint else "") if p)
     return {
-        "name": case.title,
+        "name": result.name,
         "score": result.score,
         "max_score": result.max_score,
         "status": "passed" if v.passed else "failed",
@@ -41,9 +44,10 @@ def test_entry(result: CaseResult) -> dict:
     }
 
 
-def build(results: list[CaseResult], seconds: float) -> dict:
+def build(results: list[CaseResult], seconds: float, found: str = "") -> dict:
+    """results.json's data; `found` (which exercise files were graded, and where) opens its output."""
     per = totals(results)
-    lines = [f"{ex}: {s:g}/{m:g} points, {p}/{n} cases" for ex, (s, m, p, n) in per.items()]
+    lines = ([found] if found else []) + [f"{ex}: {s:g}/{m:g} points, {p}/{n} cases" for ex, (s, m, p, n) in per.items()]
     return {
         "score": sum(r.score for r in results),
         "execution_time": round(seconds, 2),
@@ -60,5 +64,14 @@ def write(path: str | Path, data: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
         f.flush()
+        os.fchmod(f.fileno(), file_mode())
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file under this process's umask: mkstemp's 0600 would keep the results
+    from the other TAs."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask

@@ -57,6 +57,9 @@ EXPECTED_FAILURES = {"crash": ["exception"] * 3 if SANDBOXED else [], "full": []
                      "stub": ["not implemented yet"] * 3}
 
 
+# what open() gives a new file under the umask the tests run with
+EXPECTED_MODE = batch.results_json.file_mode()
+
 SUBMISSIONS = {
     "full": SOLUTION,
     "partial": planted("sequence_shard", "return x"),
@@ -126,8 +129,15 @@ def test_batch_gives_every_submission_its_row(reference):
     else:
         [crash_test] = data["crash"]["tests"]
         assert (crash_test["name"], crash_test["max_score"], crash_test["output"]) == ("autograder failed", 3, CRASHED)
-    hang = {t["name"]: t for t in data["hang"]["tests"]}["ex1 - unshard_heads P=2"]
+    hang = {t["name"]: t for t in data["hang"]["tests"]}["ex1 - hidden case 1"]
     assert hang["visibility"] == "after_published" and "did not finish" not in hang["output"]
+    assert "unshard_heads" not in json.dumps(data)
+    # the staff's log of the student says why the hidden case failed
+    assert "FAIL ex1 - unshard_heads P=2  [timeout or deadlock]" in (reference / "logs" / "hang.log").read_text()
+    # the other TAs can read every output: the usual umask, not mkstemp's 0600
+    for path in [reference / "grades.csv", reference / "grades-summary.txt", reference / "grades.png",
+                 *(reference / "results").iterdir()]:
+        assert path.stat().st_mode & 0o777 == EXPECTED_MODE, (path, oct(path.stat().st_mode))
     summary = (reference / "grades-summary.txt").read_text()
     assert "ex1    Sequence sharding" in summary and "1.40 / 3" in summary
     assert "      3  not implemented yet" in summary and (SANDBOXED or f"crash: {CRASHED}" in summary)
@@ -331,6 +341,30 @@ def test_an_interrupted_run_that_changed_the_grader_keeps_nothing_forged(lab_dir
     for student in written:
         meta = json.loads((out.parent / "results" / f"{student}.json").read_text())["extra_data"]["cplab"]
         assert (meta["fingerprint"], meta["error"]) == (batch.VOID, batch.CHANGED)
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        batch.results_json.write(tmp_path / "r.json", {"score": 1})
+        batch.write_csv(tmp_path / "g.csv", [], ["ex1"])
+    finally:
+        os.umask(old)
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("r.json", "g.csv")] == [0o640, 0o640]
+
+
+def test_a_score_past_the_maximum_stays_in_the_histogram(tmp_path):
+    """Bonus points take a full-marks student past the maximum: every panel still counts every student."""
+    import numpy as np
+
+    for scores, mx in (([0, 3, 4], 3), ([16, 17, 2.5], 16), ([99, 104, 0], 99), ([0, 0], 0)):
+        counts, _ = np.histogram(scores, bins=batch.bin_edges(scores, mx))
+        assert counts.sum() == len(scores), (scores, mx)
+    rows = [batch.Row("full", 5.0, 4.0, {"ex1": 5.0}), batch.Row("none", 0.0, 4.0, {"ex1": 0.0})]
+    outcome = batch.Outcome(rows, graded=2, skipped=0, maxima={"ex1": 4.0}, titles={"ex1": "Sequence sharding"})
+    text = batch.write_reports(outcome, batch.Layout(tmp_path / "grades.csv"))
+    assert "100%     1  #" in text and "0-9%     1  #" in text
+    assert (tmp_path / "grades.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_batch_refuses_a_folder_without_submissions(tmp_path, capsys):

@@ -201,10 +201,47 @@ def test_defaults_apply_and_select_filters(tmp_path):
     data = with_case()
     data["defaults"] = {"timeout": 7, "scheme": "striped"}
     data["exercises"][0]["cases"].append({"name": "hidden_one", "check": "positions", "world_size": 2,
-                                          "visibility": "hidden"})
+                                          "shape": {"S": 8}, "visibility": "hidden"})
     lab = load(tmp_path, data)
     assert {c.timeout for c in lab.cases} == {7}
     assert {c.scheme for c in lab.cases} == {"striped"}
     assert [c.name for c in lab.select(hidden=False)] == ["positions"]
     with pytest.raises(ManifestError, match="unknown exercise ex9"):
         lab.select(["ex9"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ({"check": "positions", "shape": {"S": 8, "s": 8}},
+     "ex1 case 'c': unknown key 'shape.s': check 'positions' reads shape S"),
+    ({"check": "positions", "shape": {"S": 8}, "params": {"dim": 1}},
+     "ex1 case 'c': unknown key 'params.dim': check 'positions' reads params none"),
+    ({"check": "shard", "shape": {"S": 8}, "params": {"dims": 1}},
+     "ex1 case 'c': unknown key 'params.dims': check 'shard' reads params dim"),
+    ({"check": "gather", "shape": {"B": 2, "F": 3}},
+     "ex1 case 'c': 'shape' must give S (check 'gather' reads it)"),
+])
+def test_a_case_gives_only_what_its_check_reads(tmp_path, case, message):
+    """A typo in a shape key or param is refused at load, naming the key, the case and what the check reads."""
+    with pytest.raises(ManifestError) as err:
+        load(tmp_path, with_case(name="c", world_size=2, **case))
+    assert str(err.value) == "lab_manifest.yaml: " + message
+
+
+def test_every_check_declares_what_it_reads():
+    from grader import checks
+
+    lab = manifest.load()
+    for ex in lab.exercises:
+        for name in checks.names(ex.id):
+            reads = checks.get(ex.id, name).reads
+            assert set(reads.required) <= set(reads.shape), (ex.id, name)
+            assert len(set(reads.shape)) == len(reads.shape) and len(set(reads.params)) == len(reads.params)
+
+
+def test_hidden_cases_are_numbered_per_exercise_in_manifest_order(tmp_path):
+    data = with_case()
+    data["exercises"][0]["cases"] += [
+        {"name": f"secret_{i}", "check": "positions", "world_size": 2, "shape": {"S": 8}, "visibility": "hidden"}
+        for i in range(2)]
+    lab = load(tmp_path, data)
+    assert [lab.label(c) for c in lab.cases] == ["ex1 - positions P=4", "ex1 - hidden case 1", "ex1 - hidden case 2"]

@@ -85,6 +85,17 @@ def test_release_of_the_kit_holds_no_solution_and_no_hidden_case(tmp_path):
     assert sorted(leaks(planted, names)) == ["README.md", "grader/notes.py"]
 
 
+def test_the_whole_release_folder_handed_in_is_found(tmp_path):
+    """The README tells students they may hand in the whole folder: zipped, it lands one folder down."""
+    from grader import grading
+
+    kit_manifest = manifest_mod.load()
+    bundle = release.build(tmp_path / "submission" / "cplab-release", kit_manifest)
+    assert "this whole folder (zipped, too)" in (bundle / "README.md").read_text()
+    assert grading.locate(tmp_path / "submission", kit_manifest) == (bundle / "exercises").resolve()
+    assert grading.found(bundle / "exercises", kit_manifest) == [ex.file for ex in kit_manifest.exercises]
+
+
 def test_release_refuses_a_bundle_that_would_name_a_hidden_case(tmp_path, capsys):
     leaky = MANIFEST.replace("Compare with the table", "Like secret_unshard_p3 - compare with the table")
     (tmp_path / "manifest.yaml").write_text(leaky)

@@ -18,6 +18,7 @@ and the comparisons are not importable there.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,9 +26,19 @@ import torch
 from grader.verdict import Verdict
 
 
+@dataclass(frozen=True)
+class Reads:
+    """The keys of a case's `shape` and `params` that a check (and its task) reads; the manifest refuses others."""
+
+    shape: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # shape keys without a default
+
+
 class Check:
     """Base class of a check. `ranks(case)` is how many processes the case needs."""
 
+    reads = Reads()
     #: run the task on a one-rank world, looping over "ranks" inside it (for functions with no collective)
     local = False
     #: the keys of a rank's input dict that its task reads: the only ones sent to the ranks

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, member_positions, per_member, randn, register, traffic
+from grader.checks import Check, Reads, member_positions, per_member, randn, register, traffic
 from grader.compare import check_tensor, tolerance
 from grader.tasks import DTYPES
 from grader.verdict import PASS, Kind, Verdict, fail
@@ -101,13 +101,17 @@ CALLS = {"forward": 1, "comm": 1, "compute": 1, "memory": 1, "causality": 2}
 
 #: what each mode's task reads; the whole sequence (full_*) is the judge's alone
 SENDS = {"backward": ("q", "k", "v", "g"), "causality": ("q", "k", "v", "k2", "v2")}
+#: the params each mode reads beyond full_inputs' magnitude: perturbed_future's cut, judge_memory's limit
+MODE_PARAMS = {"causality": ("cut",), "memory": ("max_shards",)}
+SHAPE_READS = dict(shape=("B", "H", "S", "D"), required=("S",))  # sizes()
 
 
 def register_attention(exercise: str, function: str, modes: tuple[str, ...]) -> None:
     for mode in modes:
         register(exercise, mode)(type(f"{exercise}_{mode}", (DistributedAttention,),
                                       {"__init__": lambda self, m=mode: DistributedAttention.__init__(self, function, m),
-                                       "sends": SENDS.get(mode, ("q", "k", "v"))}))
+                                       "sends": SENDS.get(mode, ("q", "k", "v")),
+                                       "reads": Reads(**SHAPE_READS, params=("magnitude",) + MODE_PARAMS.get(mode, ()))}))
 
 
 def _reference(case: Any, full: dict, grads: bool = False) -> dict:

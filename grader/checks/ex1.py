@@ -7,11 +7,14 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, judge_value_errors, per_member, randn, register
+from grader.checks import Check, Reads, judge_value_errors, per_member, randn, register
 from grader.compare import check_tensor
 from grader.tasks import tensor_shape
 from grader.tasks.ex1 import BAD_POSITIONS, BAD_SHARDS
 from grader.verdict import PASS, Kind, fail
+
+# tensor_shape: (B, S, F) on dim 1, or (B, H, S, D) on dim 2 when H is given; params.dim overrides the axis
+TENSOR_READS = Reads(shape=("B", "S", "F", "H", "D"), params=("dim",), required=("S",))
 
 
 def _other_scheme_hint(got: Any, case: Any, rank: int) -> str:
@@ -32,6 +35,7 @@ def _other_scheme_hint(got: Any, case: Any, rank: int) -> str:
 @register("ex1", "positions")
 class Positions(Check):
     local = True
+    reads = Reads(shape=("S",), required=("S",))
 
     def inputs(self, case):
         return [{}]
@@ -58,6 +62,7 @@ class Positions(Check):
 class Shard(Check):
     local = True
     sends = ("x",)
+    reads = TENSOR_READS
 
     def inputs(self, case):
         shape, _ = tensor_shape(case)
@@ -87,6 +92,7 @@ class Shard(Check):
 class Unshard(Check):
     local = True
     sends = ("shards",)  # x, the answer, stays with the judge
+    reads = TENSOR_READS
 
     def inputs(self, case):
         shape, dim = tensor_shape(case)
@@ -105,6 +111,7 @@ class Gather(Check):
     """The collective: each rank starts from its reference shard and must end with the whole sequence."""
 
     sends = ("local",)  # x, the answer, stays with the judge
+    reads = TENSOR_READS
 
     def inputs(self, case):
         shape, dim = tensor_shape(case)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, generator, randn, register
+from grader.checks import Check, Reads, generator, randn, register
 from grader.compare import check_tensor, tolerance
 from grader.tasks import DTYPES
 from grader.verdict import PASS, Kind, Verdict
@@ -18,6 +18,9 @@ OVERFLOW_HINT = ("These inputs have scores around 1e4: exp(score) overflows unle
                  "subtracted first (and in the merge, the larger lse).")
 EMPTY_HINT = ("A query row that sees no key must give out = 0 and lse = -inf: softmax over a row of -inf "
               "is 0/0 = NaN, so handle empty rows before dividing.")
+
+
+SHAPE = ("B", "H", "Sq", "Sk", "D")  # what _sizes reads, every one with a default
 
 
 def _sizes(case: Any) -> tuple[int, int, int, int, int]:
@@ -83,6 +86,7 @@ class Attention(Check):
 
     local = True
     sends = ("q", "k", "v", "q_pos", "k_pos")
+    reads = Reads(shape=SHAPE, params=("positions", "magnitude", "causal", "scale"))
 
     def inputs(self, case):
         b, h, sq, sk, d = _sizes(case)
@@ -109,6 +113,7 @@ class Merge(Check):
 
     local = True
     sends = ("out_a", "lse_a", "out_b", "lse_b")  # out and lse are the answer
+    reads = Reads(shape=SHAPE, params=("positions", "magnitude", "a_after_queries"))
 
     def inputs(self, case):
         b, h, sq, sk, d = _sizes(case)

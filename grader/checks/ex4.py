@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from grader import reference
-from grader.checks import Check, member_positions, per_member, randn, register
-from grader.checks.attention import register_attention, sizes
+from grader.checks import Check, Reads, member_positions, per_member, randn, register
+from grader.checks.attention import SHAPE_READS, register_attention, sizes
 from grader.compare import check_tensor
 from grader.tasks.ex4 import FUNCTION, MODES
 from grader.verdict import PASS, Kind, fail
@@ -31,6 +31,7 @@ class SeqToHead(Check):
     """Both directions: seq_to_head from each rank's sequence shard, head_to_seq from the head shard."""
 
     sends = ("seq", "head")  # x, the whole sequence, stays with the judge
+    reads = Reads(**SHAPE_READS)
 
     def inputs(self, case):
         b, h, s, d = sizes(case)
@@ -59,6 +60,7 @@ class HeadsError(Check):
     """H % P != 0 must raise ValueError naming heads on every rank, before any all-to-all (never a hang)."""
 
     sends = ("x",)
+    reads = Reads(**SHAPE_READS)
 
     def inputs(self, case):
         b, h, s, d = sizes(case)

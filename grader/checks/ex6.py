@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from grader import reference
-from grader.checks import Check, generator, judge_value_errors, member_positions, per_member, randn, register
+from grader.checks import (Check, Reads, generator, judge_value_errors, member_positions, per_member, randn,
+                           register)
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.tasks import DTYPES
 from grader.tasks.ex6 import BAD_LABELS
@@ -34,6 +35,9 @@ AUTOGRAD_HINT = ("An all-reduce inside autograd (a differentiable collective, or
                  "all-reduced value) also sums the gradients over the group in backward. All-reduce "
                  "detached numbers; take the gradient from local_sum / global_count.")
 
+
+
+SHAPE = ("B", "S", "V")  # what _sizes reads
 
 
 def _sizes(case: Any) -> tuple[int, int, int]:
@@ -139,6 +143,7 @@ class Labels(Check):
     """shift_labels on every rank's shard of the token ids, against the next-token labels, exactly."""
 
     sends = ("tokens",)
+    reads = Reads(shape=SHAPE, params=("ignore_index",), required=("S",))
 
     def inputs(self, case):
         tokens = _tokens(case)
@@ -278,6 +283,7 @@ class Loss(Check):
     """sharded_cross_entropy: the value on every rank, and logits.grad after every rank's own backward."""
 
     sends = ("logits", "labels")
+    reads = Reads(shape=SHAPE, params=("ignore_index", "pad", "scale"), required=("S",))
 
     def inputs(self, case):
         logits = _logits(case)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader import reference
-from grader.checks import Check, generator, judge_value_errors, member_positions, per_member, register
+from grader.checks import Check, Reads, generator, judge_value_errors, member_positions, per_member, register
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.model import ModelConfig, build_model, causal_attention, reference_train_step
 from grader.tasks import DTYPES
@@ -239,6 +239,7 @@ class Step(Check):
     """cp_train_step on the kit's model: loss, parameters left unchanged, every .grad vs the float64 step."""
 
     sends = ("tokens", "model_seed")
+    reads = Reads(shape=("B", "S"), params=("attention", "model"), required=("S",))
 
     def inputs(self, case):
         tokens, seed = _tokens(case), model_seed(case)
@@ -315,6 +316,7 @@ class Errors(Check):
     """An unknown attention raises ValueError naming attention, on every rank (so no rank waits alone)."""
 
     sends = Step.sends
+    reads = Reads(shape=("B", "S"), params=("model",), required=("S",))  # its attention is the bad one
 
     def inputs(self, case):
         return Step().inputs(case)
