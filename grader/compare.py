@@ -34,15 +34,15 @@ class Tolerance:
 # times TOLERANCE_MARGIN; `python benchmarks/tolerances.py` prints the table
 # and tests/test_tolerances.py reruns it. Measured (torch 2.13.0 CPU), as the
 # t with |error| <= t·(1 + |expected|):
-#   float32: worst 2.2e-05 (exp(scores - lse) on ex2 attention_large_scores;
-#            the other three 1.1e-05 there; on ex3 forward_float32_large
-#            1.4e-05 and 7.0e-06): tolerance 5e-05 >= 2 x 2.2e-05, so ex2's
-#            public large-score case is the most demanding one, and a
+#   float32: worst 2.2e-05 (exp(scores - lse) on ex2's public large-score
+#            case; the other three 1.1e-05 there; on ex3's hidden float32
+#            case 1.4e-05 and 7.0e-06): tolerance 5e-05 >= 2 x 2.2e-05, and
+#            ex2's public large-score case is the most demanding one, so a
 #            precision loss shows there first.
-#   bfloat16: worst 4.2e-03 (every implementation on ex5 forward_bf16, P = 4;
-#            2.3e-03 on ex2 attention_bf16, P = 1): 1.6e-02 grown by 25% per
-#            extra rank is 7x the worst at P = 1 and 6.7x at P = 4, more than
-#            the margin, because its rounding also adds up over the P partial
+#   bfloat16: worst 4.2e-03 (every implementation on ex5's P = 4 bfloat16
+#            case; 2.3e-03 on ex2's, P = 1): 1.6e-02 grown by 25% per extra
+#            rank is 7x the worst at P = 1 and 6.7x at P = 4, more than the
+#            margin, because its rounding also adds up over the P partial
 #            results a rank merges and the loss and gradient cases share it.
 TOLERANCE_MARGIN = 2.0
 TOLERANCES = {

@@ -54,6 +54,7 @@ class Variant:
     bug: str  # one line: the bug class; for a correct variant, what it does differently
     edits: list[tuple[str | Span, str]] = field(default_factory=list)
     fails: Fails | None = None  # None: full marks on every case of the exercise
+    bonus: bool = True  # False: leaves the bonus alone, whose cases must then read "not attempted"
 
     @property
     def exercise(self) -> str:
@@ -184,7 +185,7 @@ def _layout(seq_len, world_size, scheme):
           "    if scheme == \"contiguous\":\n"
           "        return x.narrow(dim, int(index[0]), index.numel())\n"
           "    return x.index_select(dim, index)  # index_select copies")],
-        Fails("shard_contiguous", Kind.CONTRACT, "not a contiguous copy"),
+        Fails("shard_contiguous", Kind.CONTRACT, "shares x's memory"),
     ),
     Variant(
         "ex1_bug_no_validation", EX1,
@@ -320,7 +321,7 @@ def _layout(seq_len, world_size, scheme):
           "    shard_positions(seq_len, rank, world_size, scheme)  # validation only\n"
           "    q_pos = torch.arange(q.shape[2], device=q.device)  # (S/P,)\n"
           "    k_pos = torch.arange(seq_len, device=q.device)  # (S,)\n")],
-        Fails("forward_contiguous", Kind.MISMATCH, REMOTE_KEYS),
+        Fails("forward_contiguous", Kind.MISMATCH, "what local positions give"),
     ),
     Variant(
         "ex3_bug_contiguous_positions", EX3,
@@ -330,7 +331,7 @@ def _layout(seq_len, world_size, scheme):
           "    shard_positions(seq_len, rank, world_size, scheme)  # validation only\n"
           "    q_pos = torch.arange(rank * q.shape[2], (rank + 1) * q.shape[2], device=q.device)  # (S/P,)\n"
           "    k_pos = torch.arange(seq_len, device=q.device)  # (S,)\n")],
-        Fails("forward_zigzag", Kind.MISMATCH, REMOTE_KEYS),
+        Fails("forward_zigzag", Kind.MISMATCH, "(contiguous sharding) give"),
     ),
     Variant(
         "ex3_bug_backward_no_reduce_scatter", EX3,
@@ -611,13 +612,19 @@ def ring_forward('''),
         "the ring runs backwards (send to r-1, receive from r+1) while the held block's owner is still (r - t) mod P",
         [("    send_to, recv_from = (rank + 1) % world_size, (rank - 1) % world_size\n",
           "    send_to, recv_from = (rank - 1) % world_size, (rank + 1) % world_size\n")],
-        Fails("comm", Kind.COMMUNICATION, "in the ring it sends to rank"),
+        Fails("comm", Kind.COMMUNICATION, "ring runs the other way"),
     ),
     Variant(
         "ex5_bug_out_not_cast", EX5,
         "the ring's output stays in the float32 accumulator instead of going back to q's dtype",
         [("    return out.to(q.dtype), lse\n    ### END SOLUTION\n", "    return out, lse\n    ### END SOLUTION\n")],
         Fails("forward_low_precision", Kind.WRONG_DTYPE, "expected bfloat16"),
+    ),
+    Variant(
+        "ex5_correct_forward_only", EX5,
+        "no bonus: ring_forward's output returned as it is, still requiring grad through its local ops (not detached)",
+        [("    return RingAttention.apply(q, k, v, scheme, group)\n", "    return ring_forward(q, k, v, scheme, group)[0]\n")],
+        bonus=False,
     ),
     # ---- ex6: labels and the sharded loss
     Variant(
