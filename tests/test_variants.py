@@ -100,3 +100,14 @@ def test_buggy_variant_loses_the_right_case(variant, tmp_path, lab, runner):
     said = f"{result.verdict.message}\n{result.verdict.hint}"
     assert result.verdict.kind is expect.kind, f"{variant.name}: {result.verdict.kind.value}, not {expect.kind.value}\n{said}"
     assert expect.text in said, said
+
+
+def test_a_forward_only_ring_leaves_ex7_ring_bonus_not_attempted(tmp_path, lab, runner):
+    """ex7's ring cases train through ex5's ring: without its bonus they are not attempted, not FAIL."""
+    variant = next(v for v in VARIANTS if v.name == "ex5_correct_forward_only")
+    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
+    case = next(c for c in lab.cases if c.exercise == "ex7" and c.name == "ring_p2")
+    with Grader(sub, lab, runner=runner) as grader:
+        result = grader.run(case)
+    assert result.bonus_not_attempted, (result.verdict.kind, result.verdict.message)
+    assert "torch.autograd.Function" in result.verdict.message

@@ -16,7 +16,7 @@ from grader.probes import measure
 from grader.tasks import task
 
 
-def _from_function(out: torch.Tensor) -> bool:
+def from_function(out: torch.Tensor) -> bool:
     """Whether out's autograd graph holds a torch.autograd.Function's node (found within a few steps)."""
     todo, seen = [out.grad_fn], 0
     while todo and seen < 10_000:
@@ -43,7 +43,7 @@ def attention_task(function: str, mode: str, bonus_backward: bool = False) -> Ca
             out = call(q, k, v)
             if not isinstance(out, torch.Tensor) or not out.requires_grad:
                 return {"out": out, "no_grad": True}
-            if bonus_backward and not _from_function(out):
+            if bonus_backward and not from_function(out):
                 # a forward-only output that requires grad through its local ops: the bonus path is unused
                 return {"out": out, "no_bonus_path": True}
             g = ctx.tensor("g").to(out.dtype)
