@@ -27,11 +27,27 @@ class Tolerance:
 
 
 # One place for every tolerance. float64 results are compared with a float64
-# reference, so only rounding differs; bfloat16 has an 8-bit mantissa and its
-# rounding error adds up over the P partial results a rank merges.
+# reference, so only rounding differs. The float32 and bfloat16 ones are set
+# from the measured error of standard implementations (torch's
+# scaled_dot_product_attention, the naive softmax, the exp(scores - lse) form
+# and the kit's solution) on the kit's own float32/bfloat16 attention cases,
+# times TOLERANCE_MARGIN; `python benchmarks/tolerances.py` prints the table
+# and tests/test_tolerances.py reruns it. Measured (torch 2.13.0 CPU), as the
+# t with |error| <= t·(1 + |expected|):
+#   float32: worst 2.2e-05 (exp(scores - lse) on ex2's public large-score
+#            case; the other three 1.1e-05 there; on ex3's hidden float32
+#            case 1.4e-05 and 7.0e-06): tolerance 5e-05 >= 2 x 2.2e-05, and
+#            ex2's public large-score case is the most demanding one, so a
+#            precision loss shows there first.
+#   bfloat16: worst 4.2e-03 (every implementation on ex5's P = 4 bfloat16
+#            case; 2.3e-03 on ex2's, P = 1): 1.6e-02 grown by 25% per extra
+#            rank is 7x the worst at P = 1 and 6.7x at P = 4, more than the
+#            margin, because its rounding also adds up over the P partial
+#            results a rank merges and the loss and gradient cases share it.
+TOLERANCE_MARGIN = 2.0
 TOLERANCES = {
     "float64": Tolerance(rtol=1e-10, atol=1e-10),
-    "float32": Tolerance(rtol=1e-5, atol=1e-5),
+    "float32": Tolerance(rtol=5e-5, atol=5e-5),
     "float16": Tolerance(rtol=2e-3, atol=2e-3),
     "bfloat16": Tolerance(rtol=1.6e-2, atol=1.6e-2),
 }

@@ -18,7 +18,12 @@ def score_table(results: list[CaseResult], manifest: Manifest) -> str:
             continue
         s, m, p, n = per[ex.id]
         score, best = score + s, best + m
-        rows.append((ex.id, ex.title, f"{p}/{n}", f"{s:g}/{m:g}"))
+        bonus = [r for r in results if r.case.exercise == ex.id and r.case.bonus and not r.verdict.skipped]
+        passed = f"{p}/{n}"
+        if bonus:  # "8/9" alone reads as a lost case when the one failing is a bonus
+            won = sum(r.verdict.passed for r in bonus)
+            passed = f"{p - won}/{n - len(bonus)} + bonus {won}/{len(bonus)}"
+        rows.append((ex.id, ex.title, passed, f"{s:g}/{m:g}"))
     rows.append(("total", "", "", f"{score:g}/{best:g}"))
     skipped = [r for r in results if r.verdict.skipped]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -32,7 +37,8 @@ def score_table(results: list[CaseResult], manifest: Manifest) -> str:
 
 def failure(result: CaseResult, *, show_output: bool = True, width: int = 100) -> str:
     v = result.verdict
-    head = f"FAIL {result.case.title}  [{v.kind.value}]" if not v.skipped else f"SKIP {result.case.title}"
+    title = result.case.title + (" (bonus: no points lost)" if result.case.bonus else "")
+    head = f"FAIL {title}  [{v.kind.value}]" if not v.skipped else f"SKIP {title}"
     body = [head]
     for para in v.message.splitlines() or [EXPLAIN.get(v.kind, "")]:
         body.append(textwrap.indent(para if para.startswith("  ") else textwrap.fill(para, width - 4), "    "))
@@ -50,18 +56,8 @@ def _cap(text: str, limit: int) -> str:
 
 
 def summary(results: list[CaseResult], manifest: Manifest) -> str:
-    """The self-check report: the first failure of each exercise in full, the others in a line each,
-    then the score table. One bug usually fails several cases; its first report is the lesson."""
-    parts, shown = [], set()
-    for r in results:
-        if r.ok:
-            continue
-        if r.case.exercise not in shown:
-            shown.add(r.case.exercise)
-            parts.append(failure(r))
-        else:
-            first = r.verdict.message.splitlines()[0] if r.verdict.message else ""
-            parts[-1] += f"\nFAIL {r.case.title}  [{r.verdict.kind.value}]  {textwrap.shorten(first, 100)}"
+    """The self-check report: every failing case in full, as pytest shows them, then the score table."""
+    parts = [failure(r) for r in results if not r.ok]
     bonus = [r for r in results if r.bonus_not_attempted]
     if bonus:
         parts.append(f"{len(bonus)} bonus case(s) not attempted: " + ", ".join(r.case.title for r in bonus))

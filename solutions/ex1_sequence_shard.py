@@ -17,6 +17,10 @@ sequence:
     striped     rank r holds r, r+P, r+2P, ...                            r0: 0 4  r1: 1 5  r2: 2 6  r3: 3 7
                 round-robin tokens: equal work, and every block is half-visible.
 
+Rank r is the rank within the group the code is handed: r = dist.get_rank(group)
+and P = dist.get_world_size(group), not the global rank (graders run cases on
+subgroups such as global ranks 0, 1, 3, where global rank 3 is r = 2, P = 3).
+
 So a rank's shard is not a contiguous range of positions: code that needs to
 know where a token sits (causal masks, rotary embeddings, next-token labels)
 must ask `shard_positions`, never assume `rank * S/P + i`.
@@ -101,7 +105,11 @@ def sequence_unshard(shards: list[torch.Tensor], dim: int = 1, scheme: str = "co
 
 def gather_sequence(x_local: torch.Tensor, dim: int = 1, scheme: str = "contiguous",
                     group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Collective: every rank of `group` gets the full tensor, in global order."""
+    """Collective: every rank of `group` gets the full tensor, in global order.
+
+    P is the size of `group` and rank r's shard is the one it holds as
+    dist.get_rank(group); pass group= to every collective.
+    """
     # Step 1: all-gather the shards of every rank (same shape on every rank).
     # Step 2: undo the sharding with sequence_unshard.
     ### BEGIN SOLUTION

@@ -103,7 +103,9 @@ def ring_forward(q, k, v, scheme="contiguous", group=None):
     `group` calls it. Returns out (B, H, S/P, D) in q's dtype and lse (B, H, S/P)
     in the compute dtype (float64 for float64 q, else float32).
     """
-    # Step 1: validate; this rank's query positions; out = 0 and lse = -inf in the compute dtype.
+    # Step 1: validate (q, k, v of one shape, else ValueError; shard_positions checks the scheme and
+    #         that S = P * S/P splits under it); this rank's query positions; out = 0 and lse = -inf
+    #         in the compute dtype.
     # Step 2: two K/V buffers: current = stack(k, v), next = empty.
     # Step 3: for each of P steps: post the exchange (all but the last step), attend the
     #         visible rectangle of the current block, merge it into those rows, wait, swap.
@@ -251,8 +253,10 @@ def ring_attention(q, k, v, scheme="contiguous", group=None):
 
     q, k, v: (B, H, S/P, D), this rank's shards under `scheme`. Every rank of
     `group` calls it. Returns this rank's output shard (B, H, S/P, D) in q's
-    dtype. Without the bonus the output need not require grad; with it,
-    gradients flow through RingAttention.
+    dtype. Without the bonus the output need not require grad and need not
+    be detached: the bonus cases count as not attempted when the output does
+    not come from a torch.autograd.Function. With it, gradients flow through
+    RingAttention.
     """
     # Step 1: return the output of ring_forward.
     #         Bonus: return RingAttention.apply(q, k, v, scheme, group) once ring_backward works.

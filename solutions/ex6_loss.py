@@ -54,7 +54,9 @@ def shift_labels(tokens, scheme="contiguous", group=None, ignore_index=-100):
     tokens: (B, S/P) int64, this rank's shard (as sequence_shard makes it).
     Returns (B, S/P) int64 on tokens.device: at global position t the token at
     t + 1; ignore_index at the last global position S - 1. A collective: every
-    rank of the group must call it.
+    rank of the group must call it. An unknown scheme, or a length the scheme
+    cannot split, raises ValueError naming scheme or seq_len, on every rank
+    alike (so that no rank waits in a collective alone).
     """
     # Step 1: gather the full token ids (B, S), in global order.
     # Step 2: append one ignore_index column: position S, "after the end".

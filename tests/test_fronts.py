@@ -53,11 +53,11 @@ def test_check_reports_table_hints_and_exit_code(tmp_path):
     sub = make_submission(tmp_path)
     r = run("-m", "grader", "check", "ex1", "--submission", str(sub))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "ex1" in r.stdout and "10/10" in r.stdout
+    assert "ex1" in r.stdout and "11/11" in r.stdout
     r = run("-m", "grader", "check", "ex1", "--submission", str(KIT / "exercises"))
     assert r.returncode == 1
     assert "ex1 shard_positions: not implemented yet" in r.stdout
-    assert "0/10" in r.stdout
+    assert "0/11" in r.stdout
 
 
 def test_pytest_front_one_line_per_stub_and_score_table(tmp_path):
@@ -66,7 +66,7 @@ def test_pytest_front_one_line_per_stub_and_score_table(tmp_path):
     assert "ex1-shard_zigzag-P4" in r.stdout
     assert "ex1 sequence_shard: not implemented yet" in r.stdout
     assert "Traceback" not in r.stdout
-    assert "cplab score" in r.stdout and "0/10" in r.stdout
+    assert "cplab score" in r.stdout and "0/11" in r.stdout
     assert "cplab: backend auto" in r.stdout
 
 
@@ -75,7 +75,7 @@ def test_pytest_front_passes_on_solutions(tmp_path):
     (sub / "conftest.py").write_text((KIT / "exercises" / "conftest.py").read_text())
     r = run("-m", "pytest", str(sub / "ex1_sequence_shard.py"), "-p", "no:cacheprovider", "-q", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "10 passed" in r.stdout
+    assert "11 passed" in r.stdout
     assert descendants() == []
 
 

@@ -38,6 +38,13 @@ def test_variant_edits_apply_to_the_solution(variant, lab):
     compile(apply(variant), f"{variant.name}.py", "exec")
 
 
+def test_every_bug_variant_fails_a_public_case(lab):
+    """The self-check predicts the grade: each bug class a variant stands for shows in a public case."""
+    hidden = [v.name for v in VARIANTS if v.fails and next(
+        c for c in lab.cases if c.exercise == v.exercise and c.name == v.fails.case).hidden]
+    assert not hidden, f"bug variants graded only by hidden cases: {hidden}"
+
+
 def test_variant_names_are_unique():
     names = [v.name for v in VARIANTS]
     assert len(names) == len(set(names))
@@ -72,8 +79,12 @@ def test_correct_variant_gets_full_marks(variant, tmp_path, lab, runner):
     ex = _exercise(variant, lab)
     sub = make_submission(tmp_path, {ex.file: apply(variant)})
     with Grader(sub, lab, runner=runner) as grader:
-        failed = [r for r in map(grader.run, lab.select([ex.id])) if not r.verdict.passed]
+        results = list(map(grader.run, lab.select([ex.id])))
+    left_alone = [r for r in results if r.case.bonus and not variant.bonus]
+    failed = [r for r in results if not r.verdict.passed and r not in left_alone]
     assert not failed, "\n".join(f"{r.case.title}: {r.verdict.message}" for r in failed)
+    # A bonus left alone loses nothing and reads "not attempted", not FAIL with a hint
+    assert all(r.bonus_not_attempted for r in left_alone), [(r.case.title, r.verdict.message) for r in left_alone]
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v.fails is not None], ids=lambda v: v.name)
@@ -89,3 +100,14 @@ def test_buggy_variant_loses_the_right_case(variant, tmp_path, lab, runner):
     said = f"{result.verdict.message}\n{result.verdict.hint}"
     assert result.verdict.kind is expect.kind, f"{variant.name}: {result.verdict.kind.value}, not {expect.kind.value}\n{said}"
     assert expect.text in said, said
+
+
+def test_a_forward_only_ring_leaves_ex7_ring_bonus_not_attempted(tmp_path, lab, runner):
+    """ex7's ring cases train through ex5's ring: without its bonus they are not attempted, not FAIL."""
+    variant = next(v for v in VARIANTS if v.name == "ex5_correct_forward_only")
+    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
+    case = next(c for c in lab.cases if c.exercise == "ex7" and c.name == "ring_p2")
+    with Grader(sub, lab, runner=runner) as grader:
+        result = grader.run(case)
+    assert result.bonus_not_attempted, (result.verdict.kind, result.verdict.message)
+    assert "torch.autograd.Function" in result.verdict.message

@@ -17,6 +17,12 @@ from grader.verdict import PASS, Kind, fail
 TENSOR_READS = Reads(shape=("B", "S", "F", "H", "D"), params=("dim",), required=("S",))
 
 
+# The exercise's contract hint is about ValueErrors; a view or an in-place write is another contract
+COPY_HINT = ("A shard is what this rank stores and later writes: a view (narrow, slicing, chunk) shares x's "
+             "memory, so writing one changes x and the other ranks' data. index_select copies; so does "
+             ".contiguous() on a strided view, but not on a contiguous one (use .clone()).")
+
+
 def _other_scheme_hint(got: Any, case: Any, rank: int) -> str:
     """Name the usual ex1 bug: positions that are another scheme's."""
     if not isinstance(got, torch.Tensor) or got.dim() != 1:
@@ -73,7 +79,8 @@ class Shard(Check):
         x = inputs[0]["x"]
         _, dim = tensor_shape(case)
         if not out["unchanged"]:
-            return fail(Kind.CONTRACT, "sequence_shard modified its input x in place; shards must be copies")
+            return fail(Kind.CONTRACT, "sequence_shard modified its input x in place; shards must be copies",
+                        hint=COPY_HINT)
         for r in range(case.world_size):
             pos = reference.positions(x.shape[dim], r, case.world_size, case.scheme)
             verdict = check_tensor(f"sequence_shard(x, rank={r}, world_size={case.world_size}, dim={dim}, "
@@ -84,7 +91,7 @@ class Shard(Check):
                 return verdict
             if not out["contiguous"][r] or out["aliased"][r]:
                 return fail(Kind.CONTRACT, f"rank {r}: the shard is a view of x, not a contiguous copy "
-                                           f"(call .contiguous() or use index_select)")
+                                           f"(call .contiguous() or use index_select)", hint=COPY_HINT)
         return PASS
 
 

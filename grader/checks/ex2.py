@@ -14,10 +14,32 @@ from grader.verdict import PASS, Kind, Verdict
 
 MASK_HINT = ("Mask by global positions: key j is visible to query i iff k_pos[j] <= q_pos[i]. A mask built "
              "from local indices (tril, arange) is right only when both blocks start at position 0.")
-OVERFLOW_HINT = ("These inputs have scores around 1e4: exp(score) overflows unless the row maximum is "
+OVERFLOW_HINT = ("These inputs have scores around 1e3: exp(score) overflows unless the row maximum is "
                  "subtracted first (and in the merge, the larger lse).")
 EMPTY_HINT = ("A query row that sees no key must give out = 0 and lse = -inf: softmax over a row of -inf "
               "is 0/0 = NaN, so handle empty rows before dividing.")
+# What each recomputation below stands for, when the student's out matches it and not the reference
+ATTENTION_BUGS = {
+    "strict": ("The output is attention with a strict mask (k_pos < q_pos): a query must see its own key. "
+               "Visible means k_pos[j] <= q_pos[i]; the diagonal block of every later exercise depends on it."),
+    "local": MASK_HINT,
+    "unmasked": "The output is attention without the causal mask: mask by global positions when causal=True.",
+    "unscaled": "The output matches scores without the scale: multiply q @ k^T by scale (default 1/sqrt(D)).",
+    "scale_d": "The output matches scores scaled by 1/D: the default scale is 1/sqrt(D).",
+}
+MERGE_BUGS = {
+    "unnormalised": ("The output is e^(lse_a - m)·out_a + e^(lse_b - m)·out_b without dividing by their sum: "
+                     "each partial out is already normalised by its own block, so rescale by e^(lse_x - lse)."),
+    "average": ("The output is the plain average of out_a and out_b: weight each side by its share of the "
+                "softmax denominator, e^(lse_x - lse) with lse = log(e^lse_a + e^lse_b)."),
+    "sum": ("The output is out_a + out_b: each partial out is normalised by its own block; weight them by "
+            "e^(lse_x - lse) with lse = log(e^lse_a + e^lse_b)."),
+}
+PRECISION_HINT = ("Only a few outputs are off and all are finite: the rows where the largest scores nearly "
+                  "tie, which rounding decides at scores around 1e3. That is a precision loss, not an overflow: "
+                  "compute q @ k^T, the exponentials and their sum in float32 or wider (no bfloat16 or float16 "
+                  "step), subtract the row maximum and divide by the row sum once. The float32 tolerance is "
+                  "twice the worst error of torch's own kernel, the naive softmax and exp(scores - lse) here.")
 
 
 SHAPE = ("B", "H", "Sq", "Sk", "D")  # what _sizes reads, every one with a default
@@ -32,13 +54,28 @@ def _positions(case: Any, sq: int, sk: int) -> tuple[torch.Tensor, torch.Tensor]
     """Global positions of a query block and a key block, as a sharded sequence gives them.
 
     "interleaved": both drawn from one shuffled range, so some keys come before and some after each
-    query; "queries_first": part of the queries come before every key, so their rows see nothing.
+    query; "queries_first": part of the queries come before every key, so their rows see nothing;
+    "self": the queries' own block (k_pos == q_pos, a sorted subset as striped gives it): every row
+    sees its own key, the diagonal; "straddle": keys 0..Sk-1 and queries from Sk/2 on, so half the
+    keys come before every query and the rest sit on or after it (a zigzag block); "scattered": two
+    independent sorted subsets of one range, some positions shared, none consecutive by design.
     """
     g = generator(case, salt=1)
     layout = case.params.get("positions", "interleaved")
     if layout == "queries_first":
         q_pos = torch.sort(torch.randperm(2 * sq, generator=g)[:sq]).values
         k_pos = torch.sort(sq + torch.randperm(2 * sk, generator=g)[:sk]).values
+    elif layout == "self":
+        if sq != sk:
+            raise ValueError(f"{case.title}: positions 'self' needs Sq == Sk, got {sq} and {sk}")
+        q_pos = torch.sort(torch.randperm(2 * sq, generator=g)[:sq]).values
+        k_pos = q_pos.clone()
+    elif layout == "straddle":
+        k_pos = torch.arange(sk)
+        q_pos = torch.arange(sk // 2, sk // 2 + sq)
+    elif layout == "scattered":
+        q_pos = torch.sort(torch.randperm(sq + sk, generator=g)[:sq]).values
+        k_pos = torch.sort(torch.randperm(sq + sk, generator=g)[:sk]).values
     else:
         perm = torch.randperm(sq + sk + 4, generator=g)
         q_pos, k_pos = torch.sort(perm[:sq]).values, torch.sort(perm[sq:sq + sk]).values
@@ -50,7 +87,9 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _judge_pair(case: Any, what: str, got: dict, want_out: torch.Tensor, want_lse: torch.Tensor,
-                dtype: torch.dtype, q_pos: torch.Tensor | None) -> Verdict | None:
+                dtype: torch.dtype, q_pos: torch.Tensor | None,
+                alternatives: dict[str, torch.Tensor], bugs: dict[str, str]) -> Verdict | None:
+    """`alternatives`: what each bug of `bugs` would have returned as out; the one out matches is the hint."""
     tol = tolerance(case.dtype)
     lse_tol = tolerance("float64" if dtype == torch.float64 else "float32")
     if case.dtype in ("bfloat16", "float16"):
@@ -62,13 +101,60 @@ def _judge_pair(case: Any, what: str, got: dict, want_out: torch.Tensor, want_ls
     if verdict is None:
         return None
     magnitude = case.params.get("magnitude", 1.0)
+    matched = _matching(got.get("out"), alternatives, tol) if verdict.kind is Kind.MISMATCH else None
     if verdict.kind is Kind.NAN_INF and _nan_on_empty_rows(got, want_lse):
         verdict.hint = EMPTY_HINT
+    elif matched:
+        verdict.hint = bugs[matched]
+    elif verdict.kind is Kind.MISMATCH and magnitude >= 10 and _few_off(got.get("out"), want_out.to(dtype), tol):
+        verdict.hint = PRECISION_HINT
     elif verdict.kind in (Kind.NAN_INF, Kind.MISMATCH) and magnitude >= 10:
         verdict.hint = OVERFLOW_HINT
-    elif verdict.kind is Kind.MISMATCH and q_pos is not None:
-        verdict.hint = MASK_HINT
     return verdict
+
+
+def _matching(out: Any, alternatives: dict[str, torch.Tensor], tol: Any) -> str | None:
+    """The first alternative that `out` equals within the tolerance (NaN rows count as zero on both sides)."""
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return None
+    g = torch.nan_to_num(out.double(), nan=0.0)
+    for name, alt in alternatives.items():
+        a = torch.nan_to_num(alt.double(), nan=0.0)
+        if a.shape == g.shape and bool(((g - a).abs() <= tol.allowed(a)).all()):
+            return name
+    return None
+
+
+def _few_off(out: Any, want: torch.Tensor, tol: Any) -> bool:
+    """Whether out is finite and under a quarter of it is off: rounding decided a few rows, not a formula."""
+    if not isinstance(out, torch.Tensor) or out.shape != want.shape or not bool(torch.isfinite(out).all()):
+        return False
+    off = (out.double() - want.double()).abs() > tol.allowed(want.double())
+    return bool(off.double().mean() < 0.25)
+
+
+def _attention_alternatives(case: Any, x: dict) -> dict[str, torch.Tensor]:
+    """out as each bug of ATTENTION_BUGS computes it, on this case's inputs (those that differ here)."""
+    q, k, v, q_pos, k_pos = x["q"].double(), x["k"].double(), x["v"].double(), x["q_pos"], x["k_pos"]
+    causal, scale = case.params.get("causal", True), case.params.get("scale")
+    d = q.shape[-1]
+    run = lambda qq=q, kk=k, qp=q_pos, kp=k_pos, c=causal, s=scale: reference.causal_attention(
+        qq, kk, v, qp, kp, causal=c, scale=s)[0]
+    found = {"unscaled": run(s=1.0), "scale_d": run(s=1.0 / d)} if scale is None else {}
+    if causal:
+        found.update(strict=run(qp=q_pos - 1), local=run(qp=torch.arange(len(q_pos)), kp=torch.arange(len(k_pos))),
+                     unmasked=run(c=False))
+    right = run()
+    return {name: alt for name, alt in found.items() if not torch.allclose(torch.nan_to_num(alt), torch.nan_to_num(right))}
+
+
+def _merge_alternatives(x: dict) -> dict[str, torch.Tensor]:
+    out_a, out_b = x["out_a"].double(), x["out_b"].double()
+    lse_a, lse_b = x["lse_a"].double(), x["lse_b"].double()
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    w_a, w_b = torch.exp(lse_a - m)[..., None], torch.exp(lse_b - m)[..., None]
+    return {"unnormalised": w_a * out_a + w_b * out_b, "average": (out_a + out_b) / 2, "sum": out_a + out_b}
 
 
 def _nan_on_empty_rows(got: dict, want_lse: torch.Tensor) -> bool:
@@ -104,7 +190,8 @@ class Attention(Check):
                                               causal=case.params.get("causal", True),
                                               scale=case.params.get("scale"))
         got = outcomes[0].payload
-        return _judge_pair(case, "attention_with_lse", got, out, lse, x["q"].dtype, x["q_pos"]) or PASS
+        return _judge_pair(case, "attention_with_lse", got, out, lse, x["q"].dtype, x["q_pos"],
+                           _attention_alternatives(case, x), ATTENTION_BUGS) or PASS
 
 
 @register("ex2", "merge")
@@ -136,4 +223,4 @@ class Merge(Check):
     def judge(self, case, inputs, outcomes):
         x = inputs[0]
         return _judge_pair(case, "merge_attention", outcomes[0].payload, x["out"], x["lse"], x["out_a"].dtype,
-                           x["q_pos"]) or PASS
+                           x["q_pos"], _merge_alternatives(x), MERGE_BUGS) or PASS

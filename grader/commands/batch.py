@@ -10,6 +10,7 @@ from typing import Any
 
 from grader import batch, manifest
 from grader.cli import EXERCISES_HELP, add_common
+from grader.commands import needs_instructor_extra
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -35,9 +36,14 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported here: `python -m grader --help` and the students' commands must not need rich
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    try:
+        import matplotlib  # noqa: F401  (the PNG is drawn at the end: fail before grading, not after it)
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+    except ModuleNotFoundError as e:
+        print(needs_instructor_extra("batch", e.name), file=sys.stderr)
+        return 2
 
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)

@@ -16,8 +16,23 @@ from grader.probes import measure
 from grader.tasks import task
 
 
-def attention_task(function: str, mode: str) -> Callable:
-    """The task of `function` (the student's attention) in one mode."""
+def from_function(out: torch.Tensor) -> bool:
+    """Whether out's autograd graph holds a torch.autograd.Function's node (found within a few steps)."""
+    todo, seen = [out.grad_fn], 0
+    while todo and seen < 10_000:
+        node = todo.pop()
+        seen += 1
+        if node is None:
+            continue
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            return True
+        todo.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+def attention_task(function: str, mode: str, bonus_backward: bool = False) -> Callable:
+    """The task of `function` (the student's attention) in one mode; `bonus_backward`: the backward is a
+    bonus that goes through a torch.autograd.Function, so an output without one has not attempted it."""
 
     def run(ctx):
         spec = ctx.spec
@@ -28,6 +43,9 @@ def attention_task(function: str, mode: str) -> Callable:
             out = call(q, k, v)
             if not isinstance(out, torch.Tensor) or not out.requires_grad:
                 return {"out": out, "no_grad": True}
+            if bonus_backward and not from_function(out):
+                # a forward-only output that requires grad through its local ops: the bonus path is unused
+                return {"out": out, "no_bonus_path": True}
             g = ctx.tensor("g").to(out.dtype)
             ctx.submission.run(f"{spec.exercise} {function} backward", out.backward, g)
             return {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
@@ -44,7 +62,7 @@ def attention_task(function: str, mode: str) -> Callable:
     return run
 
 
-def register_attention(exercise: str, function: str, modes: tuple[str, ...]) -> None:
+def register_attention(exercise: str, function: str, modes: tuple[str, ...], bonus_backward: bool = False) -> None:
     """One task per mode; the exercise's checks register the same modes from the same tuple."""
     for mode in modes:
-        task(exercise, mode)(attention_task(function, mode))
+        task(exercise, mode)(attention_task(function, mode, bonus_backward))

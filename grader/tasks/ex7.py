@@ -15,6 +15,7 @@ import torch
 from grader.adapter import StudentError
 from grader.model import ModelConfig, build_model
 from grader.tasks import DTYPES, task, try_call
+from grader.tasks.attention import from_function
 
 RING_MODULE = "ex5_ring_attention"
 BAD = "cp_train_step(model, tokens, attention='flash')"
@@ -51,6 +52,11 @@ def step(ctx):
         if not without_bonus:
             raise e
         return {"ring_not_attempted": f"{without_bonus}; cp_train_step stopped with {e.message}"}
+    if attention == "ring":
+        # a forward-only ring whose output requires grad through local ops trains wrongly, not "not attempted"
+        without_bonus = _ring_without_backward(ctx)
+        if without_bonus:
+            return {"ring_not_attempted": without_bonus}
     named = list(model.named_parameters())
     return {"loss": loss, "loss_requires_grad": isinstance(loss, torch.Tensor) and loss.requires_grad,
             "grads": {n: p.grad for n, p in named},
@@ -58,9 +64,10 @@ def step(ctx):
 
 
 def _ring_without_backward(ctx: Any) -> str:
-    """Why the student's ring_attention cannot train ("" when its output requires grad: the bonus is there).
+    """Why the student's ring_attention cannot train ("" when its output comes from a torch.autograd.Function:
+    the bonus is there).
 
-    Called only after cp_train_step failed on every rank, so the ranks call it together.
+    Called after cp_train_step returned or failed on every rank alike, so the ranks call it together.
     """
     q, k, v = (torch.randn(1, 1, 2, 2, dtype=torch.float64, device=ctx.device, requires_grad=True)
                for _ in range(3))  # 2 local tokens: valid under every scheme
@@ -68,9 +75,11 @@ def _ring_without_backward(ctx: Any) -> str:
         out = ctx.call_in(RING_MODULE, "ring_attention", q, k, v, scheme=ctx.spec.scheme, group=ctx.group)
     except StudentError as e:
         return f"ring_attention raised {e.message}"
-    if isinstance(out, torch.Tensor) and out.requires_grad:
-        return ""
-    return "ring_attention's output does not require grad"
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return "ring_attention's output does not require grad"
+    if not from_function(out):
+        return "ring_attention's output does not come from a torch.autograd.Function (the bonus backward)"
+    return ""
 
 
 @task("ex7", "errors")

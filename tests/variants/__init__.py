@@ -54,6 +54,7 @@ class Variant:
     bug: str  # one line: the bug class; for a correct variant, what it does differently
     edits: list[tuple[str | Span, str]] = field(default_factory=list)
     fails: Fails | None = None  # None: full marks on every case of the exercise
+    bonus: bool = True  # False: leaves the bonus alone, whose cases must then read "not attempted"
 
     @property
     def exercise(self) -> str:
@@ -184,7 +185,7 @@ def _layout(seq_len, world_size, scheme):
           "    if scheme == \"contiguous\":\n"
           "        return x.narrow(dim, int(index[0]), index.numel())\n"
           "    return x.index_select(dim, index)  # index_select copies")],
-        Fails("shard_contiguous", Kind.CONTRACT, "not a contiguous copy"),
+        Fails("shard_contiguous", Kind.CONTRACT, "shares x's memory"),
     ),
     Variant(
         "ex1_bug_no_validation", EX1,
@@ -200,7 +201,13 @@ def _layout(seq_len, world_size, scheme):
         "ex1_bug_gather_ignores_group", EX1,
         "gather_sequence asks the default group for P, so a subgroup gathers the wrong count",
         [("    world_size = dist.get_world_size(group)\n", "    world_size = dist.get_world_size()\n")],
-        Fails("gather_subgroup", Kind.EXCEPTION, "rank"),
+        Fails("gather_subgroup_striped", Kind.EXCEPTION, "rank"),
+    ),
+    Variant(
+        "ex1_bug_gather_default_group", EX1,
+        "gather_sequence all-gathers without group=: on a subgroup the collective runs over every rank",
+        [("    dist.all_gather(parts, x_local, group=group)\n", "    dist.all_gather(parts, x_local)\n")],
+        Fails("gather_subgroup_striped", Kind.EXCEPTION, "rank"),
     ),
     # ---- ex2: blockwise attention and the LSE merge
     Variant(
@@ -255,6 +262,34 @@ def _layout(seq_len, world_size, scheme):
         [("    out = (weights / denom) @ v.to(cdt)", "    out = torch.softmax(scores, dim=-1) @ v.to(cdt)")],
         Fails("attention_empty_rows", Kind.NAN_INF, "sees no key must give out = 0"),
     ),
+    Variant(
+        "ex2_bug_strict_mask", EX2,
+        "the causal mask hides the query's own key (k_pos >= q_pos hidden): wrong on every diagonal block",
+        [("        hidden = k_pos.to(q.device)[None, :] > q_pos.to(q.device)[:, None]  # (Sq, Sk)\n",
+          "        hidden = k_pos.to(q.device)[None, :] >= q_pos.to(q.device)[:, None]  # (Sq, Sk)\n")],
+        Fails("attention_self_block", Kind.MISMATCH, "its own key"),
+    ),
+    Variant(
+        "ex2_bug_out_not_cast", EX2,
+        "out stays in the float32 compute dtype instead of going back to q's dtype",
+        [("    return out.to(q.dtype), lse\n", "    return out, lse\n")],
+        Fails("attention_low_precision", Kind.WRONG_DTYPE, "expected bfloat16"),
+    ),
+    Variant(
+        "ex2_bug_merge_no_rescale", EX2,
+        "the merge weights each side by e^(lse_x - m) but never divides by their sum",
+        [("    out = (w_a / total)[..., None] * out_a.to(cdt) + (w_b / total)[..., None] * out_b.to(cdt)\n",
+          "    out = w_a[..., None] * out_a.to(cdt) + w_b[..., None] * out_b.to(cdt)\n")],
+        Fails("merge", Kind.MISMATCH, "without dividing by their sum"),
+    ),
+    Variant(
+        "ex2_bug_scores_bf16", EX2,
+        "float32 scores taken from q and k rounded to bfloat16 (a fast matmul): a precision loss at large scores",
+        [("    scores = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Sq, Sk)\n",
+          "    low = torch.bfloat16 if q.dtype == torch.float32 else cdt  # a faster matmul\n"
+          "    scores = (q.to(low) @ k.to(low).transpose(-2, -1)).to(cdt) * scale  # (B, H, Sq, Sk)\n")],
+        Fails("attention_large_scores", Kind.MISMATCH, "a precision loss, not an overflow"),
+    ),
     # ---- ex3: all-gather K/V attention
     Variant(
         "ex3_correct_allgather_list_reorder", EX3,
@@ -286,7 +321,7 @@ def _layout(seq_len, world_size, scheme):
           "    shard_positions(seq_len, rank, world_size, scheme)  # validation only\n"
           "    q_pos = torch.arange(q.shape[2], device=q.device)  # (S/P,)\n"
           "    k_pos = torch.arange(seq_len, device=q.device)  # (S,)\n")],
-        Fails("forward_contiguous", Kind.MISMATCH, REMOTE_KEYS),
+        Fails("forward_contiguous", Kind.MISMATCH, "what local positions give"),
     ),
     Variant(
         "ex3_bug_contiguous_positions", EX3,
@@ -296,7 +331,7 @@ def _layout(seq_len, world_size, scheme):
           "    shard_positions(seq_len, rank, world_size, scheme)  # validation only\n"
           "    q_pos = torch.arange(rank * q.shape[2], (rank + 1) * q.shape[2], device=q.device)  # (S/P,)\n"
           "    k_pos = torch.arange(seq_len, device=q.device)  # (S,)\n")],
-        Fails("forward_zigzag", Kind.MISMATCH, REMOTE_KEYS),
+        Fails("forward_zigzag", Kind.MISMATCH, "(contiguous sharding) give"),
     ),
     Variant(
         "ex3_bug_backward_no_reduce_scatter", EX3,
@@ -314,6 +349,30 @@ def _layout(seq_len, world_size, scheme):
         "GatherTokens.backward returns None for its input: k and v get no gradient at all",
         [("        return grad_x, None\n", "        return None, None\n")],
         Fails("backward_zigzag", Kind.WRONG_TYPE, "k.grad should be a tensor, got None"),
+    ),
+    Variant(
+        "ex3_bug_gather_default_group", EX3,
+        "K/V all-gathered without group=: on a subgroup the collective runs over every rank",
+        [("        _all_gather_flat(gathered, x.contiguous(), group=group)\n",
+          "        _all_gather_flat(gathered, x.contiguous())\n")],
+        Fails("forward_subgroup_striped", Kind.EXCEPTION, "rank"),
+    ),
+    Variant(
+        "ex3_bug_upcast_not_cast_back", EX3,
+        "low-precision inputs upcast to float32 for the attention, and the output returned in float32",
+        [("    out, _ = attention_with_lse(q, k_all, v_all, q_pos, k_pos, causal=True)\n",
+          "    if q.dtype in (torch.bfloat16, torch.float16):  # attend in float32\n"
+          "        q, k_all, v_all = q.float(), k_all.float(), v_all.float()\n"
+          "    out, _ = attention_with_lse(q, k_all, v_all, q_pos, k_pos, causal=True)\n")],
+        Fails("forward_low_precision", Kind.WRONG_DTYPE, "expected bfloat16"),
+    ),
+    Variant(
+        "ex3_bug_unknown_scheme_silent", EX3,
+        "an unknown scheme falls back to contiguous instead of raising ValueError naming scheme",
+        [("    rank, world_size = dist.get_rank(group), dist.get_world_size(group)\n    seq_len",
+          "    scheme = scheme if scheme in (\"zigzag\", \"striped\") else \"contiguous\"\n"
+          "    rank, world_size = dist.get_rank(group), dist.get_world_size(group)\n    seq_len")],
+        Fails("errors", Kind.CONTRACT, "returned normally"),
     ),
     # ---- ex4: Ulysses all-to-all
     Variant(
@@ -390,6 +449,12 @@ class _HeadToSeq(torch.autograd.Function):
          ("    if q.shape[1] % world_size:\n"
           "        raise ValueError(f\"heads: H = {q.shape[1]} is not divisible by the group size P = {world_size}\")\n", "")],
         Fails("heads_error", Kind.CONTRACT, "must raise ValueError naming 'heads'"),
+    ),
+    Variant(
+        "ex4_bug_all_to_all_default_group", EX4,
+        "all_to_all_single without group=: on a subgroup the exchange runs over every rank",
+        [("        dist.all_to_all_single(recv, send, group=group)\n", "        dist.all_to_all_single(recv, send)\n")],
+        Fails("forward_subgroup_zigzag", Kind.TIMEOUT, "waits in all_to_all_single()"),
     ),
     # ---- ex5: ring attention
     Variant(
@@ -505,7 +570,7 @@ def ring_forward('''),
         "point-to-point peers are group ranks ((r +- 1) % P) passed where torch.distributed expects global ranks",
         [("    if group is not None:\n"
           "        send_to, recv_from = dist.get_global_rank(group, send_to), dist.get_global_rank(group, recv_from)\n", "")],
-        Fails("comm_subgroup", Kind.EXCEPTION, "is not part of group"),
+        Fails("comm_subgroup_zigzag", Kind.EXCEPTION, "is not part of group"),
     ),
     Variant(
         "ex5_bug_keeps_all_blocks", EX5,
@@ -547,7 +612,19 @@ def ring_forward('''),
         "the ring runs backwards (send to r-1, receive from r+1) while the held block's owner is still (r - t) mod P",
         [("    send_to, recv_from = (rank + 1) % world_size, (rank - 1) % world_size\n",
           "    send_to, recv_from = (rank - 1) % world_size, (rank + 1) % world_size\n")],
-        Fails("comm", Kind.COMMUNICATION, "in the ring it sends to rank"),
+        Fails("comm", Kind.COMMUNICATION, "ring runs the other way"),
+    ),
+    Variant(
+        "ex5_bug_out_not_cast", EX5,
+        "the ring's output stays in the float32 accumulator instead of going back to q's dtype",
+        [("    return out.to(q.dtype), lse\n    ### END SOLUTION\n", "    return out, lse\n    ### END SOLUTION\n")],
+        Fails("forward_low_precision", Kind.WRONG_DTYPE, "expected bfloat16"),
+    ),
+    Variant(
+        "ex5_correct_forward_only", EX5,
+        "no bonus: ring_forward's output returned as it is, still requiring grad through its local ops (not detached)",
+        [("    return RingAttention.apply(q, k, v, scheme, group)\n", "    return ring_forward(q, k, v, scheme, group)[0]\n")],
+        bonus=False,
     ),
     # ---- ex6: labels and the sharded loss
     Variant(
@@ -662,6 +739,19 @@ def sharded_cross_entropy('''),
           "ignore_index=ignore_index) * (labels != ignore_index).sum()  # mean * count\n")],
         Fails("loss_empty_rank", Kind.NAN_INF, "holds no valid label (all ignore_index)"),
     ),
+    Variant(
+        "ex6_bug_global_rank", EX6,
+        "shift_labels takes this rank's position from dist.get_rank() (global), not the rank in group",
+        [("    rank, world_size = dist.get_rank(group), dist.get_world_size(group)\n",
+          "    rank, world_size = dist.get_rank(), dist.get_world_size(group)\n")],
+        Fails("labels_subgroup_striped", Kind.EXCEPTION, "rank"),
+    ),
+    Variant(
+        "ex6_bug_loss_dtype", EX6,
+        "the loss returned in its float32 accumulator's dtype, not in the logits' dtype",
+        [("    return loss.to(logits.dtype)\n", "    return loss  # float32 for bfloat16 logits\n")],
+        Fails("loss_low_precision", Kind.WRONG_DTYPE, "expected bfloat16"),
+    ),
     # ---- ex7: the context-parallel training step
     Variant(
         "ex7_correct_flat_bucket", EX7,
@@ -701,5 +791,12 @@ def sharded_cross_entropy('''),
           "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n"
           "            param.grad /= world_size  # DDP's average is for a per-rank mean loss, not this one\n")],
         Fails("step_p2", Kind.MISMATCH, "averaged over the group, so they are P times too small"),
+    ),
+    Variant(
+        "ex7_bug_grad_allreduce_default_group", EX7,
+        "the parameter gradients all-reduced without group=: on a subgroup the collective waits for every rank",
+        [("            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n",
+          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)\n")],
+        Fails("step_subgroup_zigzag", Kind.TIMEOUT, "waits in all_reduce()"),
     ),
 ]
