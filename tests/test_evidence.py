@@ -85,17 +85,31 @@ def graded(lab, tmp_path_factory):
     return found
 
 
+def _shard_bytes(case) -> int:
+    from grader.checks.attention import shard_numel
+    from grader.tasks import DTYPES
+
+    return shard_numel(case) * DTYPES[case.dtype].itemsize
+
+
 @pytest.mark.parametrize("cheat", [c.name for c in CHEATS])
-def test_cheat_loses_every_multirank_case(cheat, graded):
+def test_cheat_loses_every_multirank_case(cheat, graded, lab):
+    """Every case with a K shard of 4 KiB or more is lost; the few low-precision cases, kept at the sizes
+    their tolerances were measured at, are below the framing allowance and leave a small share at most."""
     results = graded[cheat]
     assert results
-    passed = [r.case.title for r in results if r.verdict.passed]
+    decisive = [r for r in results if _shard_bytes(r.case) >= 4096]
+    passed = [r.case.title for r in decisive if r.verdict.passed]
     assert not passed, f"{cheat} passed {passed}"
-    kinds = {r.verdict.kind for r in results}
+    exercise = next(c for c in CHEATS if c.name == cheat).exercise
+    kept = sum(r.case.points for r in results if r.verdict.passed and not r.case.bonus)
+    total = sum(c.points for c in lab.cases if c.exercise == exercise and not c.bonus)
+    assert kept <= 0.2 * total, (kept, total)
+    kinds = {r.verdict.kind for r in decisive}
     assert kinds <= {Kind.RECORD_MISMATCH, Kind.COMMUNICATION}, kinds
     assert Kind.RECORD_MISMATCH in kinds
     assert any("the communication record does not match what the ranks actually sent" in r.verdict.message
-               for r in results)
+               for r in decisive)
 
 
 def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
