@@ -187,7 +187,7 @@ def serve(fd: int) -> None:
     # when the grader dies first (SIGTERM from the kernel, then the finally below).
     cache = tempfile.mkdtemp(prefix="cplab-zygote-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _exit_once)
     die_with_parent(signal.SIGTERM)
     sock = socket.socket(fileno=fd)
     try:
@@ -196,7 +196,14 @@ def serve(fd: int) -> None:
         signal.signal(signal.SIGCHLD, lambda *_: _reap())
         _loop(sock)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def _exit_once(*_: object) -> None:
+    # The grader's own close and the kernel's PDEATHSIG may both send SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
 
 
 def _loop(sock: socket.socket) -> None:

@@ -78,8 +78,10 @@ def graded(lab, tmp_path_factory):
     found = {}
     for cheat in CHEATS:
         sub = make_submission(tmp_path_factory.mktemp(cheat.name), {cheat.solution: apply(cheat)})
+        # the first cheat on every case; the others, which evade the same judge, on the public ones
         cases = [c for c in lab.cases if c.exercise == cheat.exercise and c.group_size > 1
-                 and c.check not in ("seq_to_head", "head_to_seq", "heads_error")]
+                 and c.check not in ("seq_to_head", "head_to_seq", "heads_error", "errors")
+                 and (cheat is CHEATS[0] or not c.hidden)]
         with Grader(sub, lab) as grader:
             found[cheat.name] = [grader.run(c) for c in cases]
     return found
@@ -101,9 +103,8 @@ def test_cheat_loses_every_multirank_case(cheat, graded, lab):
     decisive = [r for r in results if _shard_bytes(r.case) >= 4096]
     passed = [r.case.title for r in decisive if r.verdict.passed]
     assert not passed, f"{cheat} passed {passed}"
-    exercise = next(c for c in CHEATS if c.name == cheat).exercise
     kept = sum(r.case.points for r in results if r.verdict.passed and not r.case.bonus)
-    total = sum(c.points for c in lab.cases if c.exercise == exercise and not c.bonus)
+    total = sum(r.case.points for r in results if not r.case.bonus)
     assert kept <= 0.2 * total, (kept, total)
     kinds = {r.verdict.kind for r in decisive}
     assert kinds <= {Kind.RECORD_MISMATCH, Kind.COMMUNICATION}, kinds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,16 +12,21 @@ from grader.cli import add_common
 from grader.commands import needs_instructor_extra
 from grader.manifest import KIT_ROOT
 
-try:
-    from grader import notebooks
-except ModuleNotFoundError as e:  # nbgrader and nbformat come with the instructor extra only
-    notebooks, MISSING = None, e.name
+from grader import notebooks
+
+
+def _missing() -> str | None:
+    """The first of nbgrader's packages (the instructor extra) that cannot be imported here, or None."""
+    for name in ("nbformat", "nbgrader"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    if notebooks is None:  # every other command must still parse; run() says what to install
-        p.add_argument("args", nargs=argparse.REMAINDER, help=needs_instructor_extra("nbgrader", MISSING))
-        return
     p.add_argument("course", metavar="COURSE_DIR", help="the nbgrader course folder (created if missing)")
     p.add_argument("--assignment", default=notebooks.DEFAULT_ASSIGNMENT,
                    help=f"the assignment that holds every exercise's notebook "
@@ -32,8 +38,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if notebooks is None:
-        print(needs_instructor_extra("nbgrader", MISSING), file=sys.stderr)
+    missing = _missing()
+    if missing:
+        print(needs_instructor_extra("nbgrader", missing), file=sys.stderr)
         return 2
     if args.say_it_points < 0:
         print(f"error: --say-it-points must be >= 0, got {args.say_it_points:g}", file=sys.stderr)
