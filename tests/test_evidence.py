@@ -157,3 +157,23 @@ def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, lab, tm
         result = grader.run(case)
     assert result.verdict.kind is kind, result.verdict.message
     assert "kernel" in result.verdict.message
+
+
+def test_a_rank_holds_no_input_that_is_another_functions_answer(lab, tmp_path):
+    """ex4's layout case: seq_to_head and head_to_seq start from different tensors, so returning the other
+    input found up the call stack is wrong, not full marks."""
+    source = (KIT / "solutions" / EX4).read_text()
+    steal = ('def seq_to_head(x, group=None):\n'
+             '    import inspect\n'
+             '    for f in inspect.stack():\n'
+             '        ctx = f.frame.f_locals.get("ctx")\n'
+             '        if ctx is not None and hasattr(ctx, "inputs") and "head" in ctx.inputs:\n'
+             '            return ctx.inputs["head"].clone()\n'
+             '    return _seq_to_head(x, group)\n\n\n'
+             'def _seq_to_head(x, group=None):\n')
+    sub = make_submission(tmp_path, {EX4: source.replace("def seq_to_head(x, group=None):\n", steal, 1)})
+    case = next(c for c in lab.cases if c.exercise == "ex4" and c.check == "seq_to_head" and not c.hidden)
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.MISMATCH, result.verdict.message
+    assert "seq_to_head(x)" in result.verdict.message

@@ -28,26 +28,29 @@ def _head_sharded(full: torch.Tensor, case, i: int) -> torch.Tensor:
 
 @register("ex4", "seq_to_head")
 class SeqToHead(Check):
-    """Both directions: seq_to_head from each rank's sequence shard, head_to_seq from the head shard."""
+    """Both directions, each from its own tensor (x in, y back), so that neither input is the other's answer:
+    a rank given seq shard and head shard of one tensor could return one as the other."""
 
-    sends = ("seq", "head")  # x, the whole sequence, stays with the judge
+    sends = ("seq", "head")  # x and y, the whole tensors, stay with the judge
     reads = Reads(**SHAPE_READS)
 
     def inputs(self, case):
         b, h, s, d = sizes(case)
-        x = randn(case, b, h, s, d, salt=31)
-        return per_member(case, lambda i: {"x": x, "seq": reference.shard(x, i, case.group_size, 2, case.scheme),
-                                           "head": _head_sharded(x, case, i)})
+        x, y = randn(case, b, h, s, d, salt=31), randn(case, b, h, s, d, salt=33)
+        return per_member(case, lambda i: {"x": x, "y": y, "seq": reference.shard(x, i, case.group_size, 2, case.scheme),
+                                           "head": _head_sharded(y, case, i)})
 
     def judge(self, case, inputs, outcomes):
         ranks = case.members
         for i, r in enumerate(ranks):
-            x = inputs[r]
-            verdict = check_tensor("seq_to_head(x)", outcomes[r].payload["to_head"], x["head"], rank=r, exact=True)
+            x, y = inputs[r]["x"], inputs[r]["y"]
+            verdict = check_tensor("seq_to_head(x)", outcomes[r].payload["to_head"], _head_sharded(x, case, i),
+                                   rank=r, exact=True)
             if verdict:
                 verdict.hint = LAYOUT_HINT
                 return verdict
-            verdict = check_tensor("head_to_seq(x)", outcomes[r].payload["to_seq"], x["seq"], rank=r, exact=True,
+            verdict = check_tensor("head_to_seq(y)", outcomes[r].payload["to_seq"],
+                                   reference.shard(y, i, case.group_size, 2, case.scheme), rank=r, exact=True,
                                    token_dim=2, positions=member_positions(case, i))
             if verdict:
                 verdict.hint = "head_to_seq is the exact inverse of seq_to_head: the same all-to-all, reversed."
