@@ -1,8 +1,9 @@
 """Where the time of a trivial case goes on a warm pool.
 
-    python benchmarks/per_case.py [--repeat 15]
+    python benchmarks/per_case.py [--case ex1/gather_zigzag] [--repeat 15]
 
-Runs ex1's gather_zigzag (P = 4) on the kit's solutions, on one warm pool,
+Runs one case (default ex1's gather_zigzag, P = 4; ex3/forward_zigzag reads
+the kernel's evidence) on the kit's solutions, on one warm pool,
 and prints the median of each phase as the parent sees it: from the job to
 every rank having joined its fresh process group, the opening of the
 evidence window, the student's call, its closing, and the answers plus the
@@ -29,10 +30,12 @@ PHASES = ("total", "job -> every rank in its group", "evidence window opened", "
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", default="ex1/gather_zigzag", help="EXERCISE/NAME of a manifest case")
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args(argv)
     lab = load()
-    case = next(c for c in lab.cases if c.exercise == "ex1" and c.name == "gather_zigzag")
+    exercise, name = args.case.split("/")
+    case = next(c for c in lab.cases if c.exercise == exercise and c.name == name)
     marks: dict[str, float] = {}
     go, end = runner._Watch._go, runner._Watch._end
 
