@@ -199,11 +199,12 @@ class Grader:
                 verdict = check.judge(case, inputs, run.ranks)
             except Exception as e:
                 verdict = fail(Kind.GRADER_ERROR, f"judging failed: {type(e).__name__}: {e}")
-        if not verdict.passed and any(o.trace for o in run.ranks):
-            # Whatever a failed case left in its ranks (an unwaited send, a half-finished collective
-            # that could stall tearing the group down) must not reach the submission's next case. A
-            # case that failed before any rank communicated (a stub, an early ValueError) leaves nothing
-            # a passing case would not: its ranks stay, which saves a pool start per case.
+        untouched = verdict.kind is Kind.NOT_IMPLEMENTED and not any(o.trace for o in run.ranks)
+        if not verdict.passed and not untouched:
+            # Whatever a failed case left in its ranks (threads, an unwaited send, a half-finished
+            # collective that could stall tearing the group down) must not reach the submission's next
+            # case. A stub that raised NotImplementedError before any communication keeps its ranks:
+            # that saves a pool start per case of an unattempted exercise.
             self.runner.pool(nranks).recycle()
         evidence = [{"received": o.received, "peak": o.peak, "cpu": o.cpu} for o in run.ranks]
         return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks], evidence=evidence)
