@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-RANK_COMMANDS = ("check", "grade", "batch", "bench")
+# `batch` is not one: its workers are fresh processes, each with a rank server of its own.
+RANK_COMMANDS = ("check", "grade", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,12 +185,14 @@ def serve(fd: int) -> None:
 
     # torch._dynamo makes a cache folder on import: keep it the zygote's, and gone with it, also
     # when the grader dies first (SIGTERM from the kernel, then the finally below).
-    cache = tempfile.mkdtemp(prefix="cplab-zygote-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     signal.signal(signal.SIGTERM, _exit_once)
-    die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)  # before the folder: an orphan leaves with os._exit, past no finally
     sock = socket.socket(fileno=fd)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no SystemExit between the folder and the try
+    cache = tempfile.mkdtemp(prefix="cplab-zygote-")
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         for name in PRELOAD:
             importlib.import_module(name)
         signal.signal(signal.SIGCHLD, lambda *_: _reap())

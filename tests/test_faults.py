@@ -95,15 +95,19 @@ def test_rank_cannot_import_kit_solutions(tmp_path, lab):
 
 
 def test_ranks_die_with_a_killed_grader(tmp_path):
-    """SIGKILL the grader mid-case: its ranks (PR_SET_PDEATHSIG) and what they started must go too."""
+    """SIGKILL the grader mid-case: its ranks (PR_SET_PDEATHSIG) and what they started must go too,
+    and the rank server its cache folder."""
     import os
     import signal
     import subprocess
     import sys
 
     sub = make_submission(tmp_path, {"ex1_sequence_shard.py": FAULTS["busy_loop"][0]})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     grader = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(sub), "--exercises", "ex1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "TMPDIR": str(tmp)})
     try:
         deadline = time.monotonic() + 60
         ranks: list[int] = []
@@ -119,6 +123,11 @@ def test_ranks_die_with_a_killed_grader(tmp_path):
             time.sleep(0.2)
             alive = [p for p in ranks if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
         assert not alive, f"ranks outlived their grader: {alive}"
+        # the grader's own case folder cannot go with a SIGKILL; the server's cache must
+        deadline = time.monotonic() + 10
+        while (left := sorted(tmp.glob("cplab-zygote-*"))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, left
     finally:
         if grader.poll() is None:
             grader.kill()
