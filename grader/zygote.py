@@ -39,11 +39,12 @@ import threading
 from dataclasses import dataclass
 
 MAX_REQUEST = 1 << 16
-# torch._dynamo and sympy are what torch imports on the first FLOP count, memory probe or backward
-# (over 1 s per rank); importing them runs no op, so they load here once.
+# Everything a rank imports for a case, so that none of it lands in a case's time: symbolic_shapes
+# (with sympy, 1.7 s per rank) is what torch imports on the first backward given a gradient.
+# torch._dynamo is not here (2 s of the server's start): grader.probes keeps it from being imported.
 PRELOAD = ("torch", "torch.distributed", "torch.utils.flop_counter", "torch.utils._python_dispatch",
-           "torch._dynamo", "sympy", "grader.worker", "grader.tasks", "grader.probes", "grader.model",
-           "grader.sandbox", "grader.procfs")
+           "torch.fx.experimental.symbolic_shapes", "grader.worker", "grader.tasks", "grader.probes",
+           "grader.model", "grader.sandbox", "grader.procfs")
 
 
 @dataclass
@@ -183,7 +184,7 @@ def serve(fd: int) -> None:
     import shutil
     import tempfile
 
-    # torch._dynamo makes a cache folder on import: keep it the zygote's, and gone with it, also
+    # A student's torch.compile makes a cache folder: keep it the zygote's, and gone with it, also
     # when the grader dies first (SIGTERM from the kernel, then the finally below).
     signal.signal(signal.SIGTERM, _exit_once)
     die_with_parent(signal.SIGTERM)  # before the folder: an orphan leaves with os._exit, past no finally
