@@ -17,8 +17,9 @@ the same model on different tokens, and only three places need the others.
 
 The trade-off: activation memory per rank drops by P (long sequences fit), and
 the price is attention communication every layer plus one gradient all-reduce
-per step. DDP would overlap that all-reduce with backward in buckets; this
-step all-reduces parameter by parameter after backward, the plain version.
+per step. One, not one per parameter: on a model this small each collective
+costs its latency, not its bytes, so the gradients travel as one flat buffer
+(DDP buckets them the same way, and overlaps the buckets with backward).
 
 The model is the kit's, complete: `grader.model.TinyCausalLM`, built with
 `grader.model.build_model()`. Its call is model(tokens, positions, attention)
@@ -38,6 +39,7 @@ Silent bugs (the step runs and returns a plausible loss):
   all-reduce then sums it P times. Start from cleared gradients.
 """
 
+import torch
 import torch.distributed as dist
 
 from ex1_sequence_shard import shard_positions
@@ -76,6 +78,6 @@ def cp_train_step(model, tokens, scheme="contiguous", attention="all_gather", gr
     # Step 2: global positions of this rank's tokens, on tokens.device.
     # Step 3: forward to the logits.
     # Step 4: labels by shift_labels, loss by sharded_cross_entropy, backward.
-    # Step 5: all-reduce (SUM) every parameter's .grad over the group.
+    # Step 5: all-reduce (SUM) every parameter's .grad over the group, as one flat buffer.
     # YOUR CODE HERE
     raise NotImplementedError()
