@@ -62,7 +62,6 @@ import torch
 
 from grader import instrument, procfs, sandbox as sandbox_mod, sockets, zygote as zygote_mod
 from grader.sandbox import Sandbox
-from grader.worker import LEAVE
 
 STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
 SETUP_TIMEOUT = 120.0    # wall seconds from the job to every rank's start: joining the group, importing
@@ -233,14 +232,6 @@ class RankPool:
         self.kill()
         self.launch()
 
-    def _leave(self) -> None:
-        """Every rank answered: they tear their group down while the grader judges, not at the next job."""
-        for conn in self.conns:
-            try:
-                conn.send(LEAVE)
-            except (OSError, ValueError):
-                pass  # a rank that died between cases: the next job finds it gone and recycles
-
     def close(self) -> None:
         """Ask the ranks to leave, then make sure everything of the pool is gone."""
         for conn in self.conns:
@@ -296,8 +287,6 @@ class RankPool:
             raise
         outcomes = watch.outcomes
         clean = len(outcomes) == self.world_size and all(o.status in ("ok", "error") for o in outcomes.values())
-        if clean:
-            self._leave()
         if clean and self.init:
             strays = sandbox_mod.kill_descendants(self.init, keep=set(self.pids.values()))
             if strays:

@@ -21,10 +21,6 @@ then the sandbox uid), then for each job:
      weights_only=True) with the case's nonce, or the student's error with
      the line it came from.
 
-[Messages down the pipe] a job (a dict); LEAVE: every rank of the case has
-answered, so tear its process group down now, while the grader judges; None:
-exit.
-
 [Messages up the pipe] one byte of kind, then its body:
   R {"rank", "pid"}  ready, once, before any student code;
   S nonce            about to start the case (the grader replies G nonce);
@@ -41,7 +37,6 @@ import io
 import json
 import os
 import sys
-import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +101,6 @@ def _redirect(path: str, fd: int) -> None:
     os.close(f)
 
 
-LEAVE = "leave"
-_groups: list = []  # the subgroups this case made, freed with its default group
-_retiring: threading.Thread | None = None
-
-
 def _run_job(job: dict, rank: int, sync: Any) -> dict:
     import torch
     import torch.distributed as dist
@@ -133,7 +123,6 @@ def _run_job(job: dict, rank: int, sync: Any) -> dict:
         group, group_rank, group_size = None, rank, world
         if job["group"]:
             group = dist.new_group(list(job["group"]))
-            _groups.append(group)
             group_rank = job["group"].index(rank) if rank in job["group"] else None
             group_size = len(job["group"])
         # popped: the student's code, which can walk up to this frame, finds no other rank's inputs
@@ -144,7 +133,6 @@ def _run_job(job: dict, rank: int, sync: Any) -> dict:
                           submission=submission, module=job["module"])
         torch.manual_seed(rank)  # reproducible, and telling nothing of the case
         # The evidence window opens before the student's module runs at all: what its import does counts.
-        _retired()  # no connection of the last case may close inside this one's evidence window
         sync(b"S", b"G")
         try:
             submission.module(job["module"])
@@ -170,30 +158,15 @@ def _run_job(job: dict, rank: int, sync: Any) -> dict:
 def _leave_group() -> None:
     """Leave the previous case's process group.
 
-    A rank keeps its group until the grader says LEAVE or sends the next job,
-    not just until it has answered: a rank that returned early (correctly or
-    not) must not tear its connections down under ranks that still wait on
-    it, or their honest hang would surface as a misleading "connection closed
-    by peer".
+    A rank keeps its group until the next job arrives, not just until it has
+    answered: a rank that returned early (correctly or not) must not tear its
+    connections down under ranks that still wait on it, or their honest hang
+    would surface as a misleading "connection closed by peer".
     """
     import torch.distributed as dist
 
-    global _retiring
     if dist.is_initialized():
-        # Freeing a gloo group waits for its loop thread once per peer (20-40 ms at P=4): the last
-        # references go in a thread of their own, beside the next case's joining.
-        old = [dist.group.WORLD, *_groups]
-        _groups.clear()
         dist.destroy_process_group()
-        _retired()
-        _retiring = threading.Thread(target=old.clear, name="cplab-free-group", daemon=True)
-        _retiring.start()
-
-
-def _retired() -> None:
-    """Wait until the last case's groups are freed."""
-    if _retiring is not None:
-        _retiring.join()
 
 
 def _steady_memory() -> None:
@@ -244,9 +217,6 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
         if job is None:
             _leave_group()
             return
-        if job == LEAVE:
-            _leave_group()
-            continue
         os.chdir(job["workdir"])
         sys.stdout.flush()
         sys.stderr.flush()
