@@ -276,6 +276,8 @@ def _output(run: RunOutcome) -> str:
         for name, text in (("stdout", o.stdout), ("stderr", o.stderr)):
             if text.strip():
                 parts.append(f"--- rank {o.rank} {name} ---\n{text.rstrip()}")
+    if run.notes:
+        parts.append("--- grader ---\n" + "\n".join(run.notes))
     return "\n".join(parts)
 
 
@@ -313,6 +315,9 @@ def diagnose(case: Case, run: RunOutcome) -> Verdict | None:
     errors = [o for o in ranks if o.status == "error"]
     if errors:
         return _student_error(errors)
+    if run.stopped == "setup":  # twice, the second time on fresh ranks (RankPool.run): no student code ran
+        return fail(Kind.GRADER_ERROR, _stopped(case, run) + " Fresh ranks stalled as well, before any of "
+                                       "the case's code ran: the machine or the grader, not the submission.")
     if run.timed_out:
         return fail(Kind.TIMEOUT, _stopped(case, run) + "\n" + waits(ranks), hint=_deadlock_hint(ranks))
     return fail(Kind.GRADER_ERROR, "ranks stopped without results: " +

@@ -244,7 +244,21 @@ class RankPool:
         self.kill()
 
     def run(self, job: dict, inputs: list[dict], budget: float, *, evidence: bool = True) -> RunOutcome:
-        """Run one job on every rank; never returns before all ranks answered or the pool was killed."""
+        """Run one job on every rank; never returns before all ranks answered or the pool was killed.
+
+        Ranks that stall before the call (setup) ran none of the case's student code: what stalled them
+        is state an earlier case left in them (a thread holding the GIL) or the machine, so fresh ranks
+        take the case once more. A second stall is the grader's failure, not the student's.
+        """
+        outcome = self._attempt(job, inputs, budget, evidence)
+        if outcome.stopped != "setup":
+            return outcome
+        again = self._attempt(job, inputs, budget, evidence)
+        again.notes.append(f"the ranks stalled before the call for {SETUP_TIMEOUT:g} s (something an earlier "
+                           f"case left running in them?); the case ran again on fresh ranks")
+        return again
+
+    def _attempt(self, job: dict, inputs: list[dict], budget: float, evidence: bool) -> RunOutcome:
         try:
             self.wait_ready()
         except SandboxError:

@@ -139,3 +139,28 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+# A passing case that leaves a thread behind which, once the next case's job arrives (fd 1 points at a new
+# capture file), holds the GIL in a blocking C call: the rank can no longer join the next case's group.
+GIL_HOG = planted("shard_positions", """\
+import ctypes, os, threading, time
+def _hog(first=os.fstat(1).st_ino):
+    while os.fstat(1).st_ino == first:
+        time.sleep(0.005)
+    ctypes.PyDLL(None).sleep(600)
+threading.Thread(target=_hog, daemon=True).start()""")
+
+
+def test_ranks_that_stall_before_the_call_are_replaced_not_blamed(tmp_path, lab, monkeypatch):
+    """No student code of a case runs before its call, so a stall there is retried on fresh ranks."""
+    from grader import runner
+
+    monkeypatch.setattr(runner, "SETUP_TIMEOUT", 3.0)
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": GIL_HOG})
+    cases = [c for c in lab.cases if c.exercise == "ex1" and c.check == "positions"][:2]
+    assert len({c.world_size for c in cases}) == 1, "two cases on one pool"
+    first, second = grade(sub, lab, cases)
+    assert first.verdict.passed and "stalled" not in first.output, first.output
+    assert second.verdict.passed, second.verdict.message
+    assert "the ranks stalled before the call for 3 s" in second.output
