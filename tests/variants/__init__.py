@@ -754,49 +754,46 @@ def sharded_cross_entropy('''),
     ),
     # ---- ex7: the context-parallel training step
     Variant(
-        "ex7_correct_flat_bucket", EX7,
-        "all-reduces every gradient in one flat buffer (one collective, as a DDP bucket) instead of parameter by parameter",
-        [("import torch.distributed as dist\n", "import torch\nimport torch.distributed as dist\n"),
-         ("    for param in model.parameters():\n"
+        "ex7_correct_per_parameter", EX7,
+        "all-reduces parameter by parameter instead of in one flat buffer: slower (one collective each), as right",
+        [("    grads = [p.grad for p in model.parameters() if p.grad is not None]\n"
+          "    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)\n"
+          "    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)\n"
+          "    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):\n"
+          "        g.copy_(summed.view_as(g))\n",
+          "    for param in model.parameters():\n"
           "        if param.grad is not None:  # the same parameters on every rank, so no rank waits alone\n"
-          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n",
-          "    grads = [p.grad for p in model.parameters() if p.grad is not None]\n"
-          "    flat = torch.cat([g.flatten() for g in grads])  # one message instead of one per parameter\n"
-          "    dist.all_reduce(flat, group=group)\n"
-          "    offset = 0\n"
-          "    for g in grads:\n"
-          "        g.copy_(flat[offset:offset + g.numel()].view_as(g))\n"
-          "        offset += g.numel()\n")],
+          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n")],
     ),
     Variant(
         "ex7_bug_local_positions", EX7,
         "rotary positions computed locally, arange(S/P): every rank embeds its tokens as the start of the sequence",
-        [("import torch.distributed as dist\n", "import torch\nimport torch.distributed as dist\n"),
-         ("    positions = shard_positions(seq_len, rank, world_size, scheme).to(tokens.device)",
+        [("    positions = shard_positions(seq_len, rank, world_size, scheme).to(tokens.device)",
           "    positions = torch.arange(tokens.shape[1], device=tokens.device)")],
         Fails("step_p2", Kind.MISMATCH, "local rotary positions"),
     ),
     Variant(
         "ex7_bug_no_grad_allreduce", EX7,
         "never all-reduces the parameter gradients: each rank keeps the gradient of its own share of the loss",
-        [("    for param in model.parameters():\n"
-          "        if param.grad is not None:  # the same parameters on every rank, so no rank waits alone\n"
-          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n", "")],
+        [("    grads = [p.grad for p in model.parameters() if p.grad is not None]\n"
+          "    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numels,)\n"
+          "    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)\n"
+          "    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):\n"
+          "        g.copy_(summed.view_as(g))\n", "")],
         Fails("step_p2", Kind.MISMATCH, "no all-reduce over the group"),
     ),
     Variant(
         "ex7_bug_grad_average", EX7,
         "parameter gradients averaged over the group: the loss already divides by the global token count, so P times too small",
-        [("            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n",
-          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n"
-          "            param.grad /= world_size  # DDP's average is for a per-rank mean loss, not this one\n")],
+        [("        g.copy_(summed.view_as(g))\n",
+          "        g.copy_(summed.view_as(g) / world_size)  # DDP's average is for a per-rank mean loss, not this one\n")],
         Fails("step_p2", Kind.MISMATCH, "averaged over the group, so they are P times too small"),
     ),
     Variant(
         "ex7_bug_grad_allreduce_default_group", EX7,
         "the parameter gradients all-reduced without group=: on a subgroup the collective waits for every rank",
-        [("            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n",
-          "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)\n")],
+        [("    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)\n",
+          "    dist.all_reduce(flat, op=dist.ReduceOp.SUM)\n")],
         Fails("step_subgroup_zigzag", Kind.TIMEOUT, "waits in all_reduce()"),
     ),
 ]
