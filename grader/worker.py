@@ -218,6 +218,8 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
             _leave_group()
             return
         os.chdir(job["workdir"])
+        # a student's torch.compile caches here, and the case's folder goes with the case
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(job["workdir"], "torch-cache")
         sys.stdout.flush()
         sys.stderr.flush()
         _redirect(job["stdout_path"], 1)

@@ -181,32 +181,15 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 def serve(fd: int) -> None:
     """The zygote's loop: import once, then fork a leader per request until the grader hangs up."""
     import importlib
-    import shutil
-    import tempfile
 
-    # A student's torch.compile makes a cache folder: keep it the zygote's, and gone with it, also
-    # when the grader dies first (SIGTERM from the kernel, then the finally below).
-    signal.signal(signal.SIGTERM, _exit_once)
-    die_with_parent(signal.SIGTERM)  # before the folder: an orphan leaves with os._exit, past no finally
+    # It keeps no file of its own (a student's torch.compile caches in the case's folder: grader.worker),
+    # so the kernel's SIGTERM, should the grader die first, has nothing left to clean up.
+    die_with_parent(signal.SIGTERM)
     sock = socket.socket(fileno=fd)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no SystemExit between the folder and the try
-    cache = tempfile.mkdtemp(prefix="cplab-zygote-")
-    try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        for name in PRELOAD:
-            importlib.import_module(name)
-        signal.signal(signal.SIGCHLD, lambda *_: _reap())
-        _loop(sock)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-def _exit_once(*_: object) -> None:
-    # The grader's own close and the kernel's PDEATHSIG may both send SIGTERM
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(0)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
+    _loop(sock)
 
 
 def _loop(sock: socket.socket) -> None:

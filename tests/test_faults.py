@@ -95,8 +95,7 @@ def test_rank_cannot_import_kit_solutions(tmp_path, lab):
 
 
 def test_ranks_die_with_a_killed_grader(tmp_path):
-    """SIGKILL the grader mid-case: its ranks (PR_SET_PDEATHSIG) and what they started must go too,
-    and the rank server its cache folder."""
+    """SIGKILL the grader mid-case: its ranks (PR_SET_PDEATHSIG) and what they started must go too."""
     import os
     import signal
     import subprocess
@@ -123,11 +122,9 @@ def test_ranks_die_with_a_killed_grader(tmp_path):
             time.sleep(0.2)
             alive = [p for p in ranks if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
         assert not alive, f"ranks outlived their grader: {alive}"
-        # the grader's own case folder cannot go with a SIGKILL; the server's cache must
-        deadline = time.monotonic() + 10
-        while (left := sorted(tmp.glob("cplab-zygote-*"))) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not left, left
+        # the grader's own folder of cases cannot go with a SIGKILL; nothing else may stay (the rank server
+        # keeps no file)
+        assert len(list(tmp.iterdir())) <= 1, sorted(p.name for p in tmp.iterdir())
     finally:
         if grader.poll() is None:
             grader.kill()
