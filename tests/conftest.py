@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,6 +14,20 @@ from grader import manifest as manifest_mod
 
 KIT = Path(__file__).resolve().parent.parent
 EX1_SOLUTION = (KIT / "solutions" / "ex1_sequence_shard.py").read_text()
+
+
+def ex1_manifest(cases: str, *, timeout: int = 30, extra: str = "") -> str:
+    """A manifest of exercise 1 alone: `cases` are its case lines (YAML flow mappings, `- {...}` at column
+    0, continuations indented), `extra` more keys of the exercise (indented four spaces)."""
+    return ("version: 1\n"
+            f"defaults: {{timeout: {timeout}, points: 1}}\n"
+            "exercises:\n"
+            "  - id: ex1\n"
+            "    title: Sequence sharding\n"
+            "    file: ex1_sequence_shard.py\n"
+            "    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]\n"
+            f"{extra}"
+            "    cases:\n" + textwrap.indent(textwrap.dedent(cases), " " * 6))
 
 
 @pytest.fixture(scope="session")

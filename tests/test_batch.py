@@ -19,27 +19,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EX1_SOLUTION as SOLUTION, KIT, planted, still_marked
+from conftest import EX1_SOLUTION as SOLUTION, KIT, ex1_manifest, planted, still_marked
 from grader import batch
 from grader.cli import main
 
 STUB = (KIT / "exercises" / "ex1_sequence_shard.py").read_text()
 RUN_LIMIT = 300  # seconds for one whole batch of five submissions on a loaded 2-core machine
 
-MANIFEST = """\
-version: 1
-defaults: {timeout: 30, points: 1}
-exercises:
-  - id: ex1
-    title: Sequence sharding
-    file: ex1_sequence_shard.py
-    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]
-    cases:
-      - {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
-      - {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}}
-      - {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
-         visibility: hidden, seed: 3, timeout: 5}
-"""
+MANIFEST = ex1_manifest("""\
+- {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
+- {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}}
+- {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
+   visibility: hidden, seed: 3, timeout: 5}
+""")
 
 # As root the sandbox refuses the kill (the rank's parent is its pool's init, owned by root), so the
 # submission is graded like any other; without it, the grading process dies and the row says so.

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import KIT, descendants, make_submission, planted
+from conftest import KIT, descendants, ex1_manifest, make_submission, planted
 
 RUN_TIMEOUT = 300
 
@@ -79,22 +79,14 @@ def test_pytest_front_passes_on_solutions(tmp_path):
     assert descendants() == []
 
 
-STRIKE_MANIFEST = """\
-version: 1
-defaults: {timeout: 20, points: 1}
-exercises:
-  - id: ex1
-    title: Sequence sharding
-    file: ex1_sequence_shard.py
-    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]
-    cases:
-      - {name: gather_a, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
-      - {name: positions, check: positions, world_size: 2, shape: {S: 8}}
-      - {name: gather_b, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
-      - {name: gather_c, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
-      - {name: gather_d, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, visibility: hidden}
-      - {name: gather_extra, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, bonus: true}
-"""
+STRIKE_MANIFEST = ex1_manifest("""\
+- {name: gather_a, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
+- {name: positions, check: positions, world_size: 2, shape: {S: 8}}
+- {name: gather_b, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
+- {name: gather_c, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
+- {name: gather_d, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, visibility: hidden}
+- {name: gather_extra, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, bonus: true}
+""", timeout=20)
 # every rank sleeps in gather_sequence: the runner calls it a deadlock after its idle window
 SLEEPER = planted("gather_sequence", "import time\ntime.sleep(600)")
 

@@ -17,26 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EX1_SOLUTION as SOLUTION, KIT, still_marked
+from conftest import EX1_SOLUTION as SOLUTION, KIT, ex1_manifest, still_marked
 from grader import gradescope
 from grader import manifest as manifest_mod
 from grader.cli import main
 
-MANIFEST = """\
-version: 1
-defaults: {timeout: 30, points: 1}
-exercises:
-  - id: ex1
-    title: Sequence sharding
-    file: ex1_sequence_shard.py
-    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]
-    cases:
-      - {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
-      - {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}}
-      - {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
-         visibility: hidden, seed: 3, points: 2}
-      - {name: gather_extra, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, bonus: true}
-"""
+MANIFEST = ex1_manifest("""\
+- {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
+- {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}}
+- {name: unshard_heads, check: unshard, world_size: 2, shape: {B: 1, H: 2, S: 6, D: 3},
+   visibility: hidden, seed: 3, points: 2}
+- {name: gather_extra, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}, bonus: true}
+""")
 MAX_SCORE = 4  # the bonus case adds to the score, not to the maximum
 RUN_LIMIT = 240  # seconds for one run_autograder on a loaded 2-core machine
 STATUSES = {"passed", "failed"}

@@ -12,26 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import KIT
+from conftest import KIT, ex1_manifest
 from grader import manifest as manifest_mod
 from grader import release
 from grader.cli import main
 
-MANIFEST = """\
-version: 1
-defaults: {timeout: 30, points: 1}
-exercises:
-  - id: ex1
-    title: Sequence sharding
-    file: ex1_sequence_shard.py
-    functions: [shard_positions, sequence_shard, sequence_unshard, gather_sequence]
-    hints: {mismatch: Compare with the table in the module docstring.}
-    cases:
-      - {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
-      - {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}, points: 2}
-      - {name: secret_unshard_p3, check: unshard, world_size: 3, scheme: striped, shape: {B: 2, S: 12, F: 4},
-         visibility: hidden, seed: 4242, points: 7}
-"""
+MANIFEST = ex1_manifest("""\
+- {name: positions_contiguous, check: positions, world_size: 4, shape: {S: 16}}
+- {name: shard_zigzag, check: shard, world_size: 4, scheme: zigzag, shape: {B: 3, S: 16, F: 5}, points: 2}
+- {name: secret_unshard_p3, check: unshard, world_size: 3, scheme: striped, shape: {B: 2, S: 12, F: 4},
+   visibility: hidden, seed: 4242, points: 7}
+""", extra='    hints: {mismatch: Compare with the table in the module docstring.}\n')
 STEP_LIMIT = 240  # seconds for one install or self-check on a loaded 2-core machine
 
 
