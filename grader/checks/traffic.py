@@ -83,8 +83,8 @@ def judge_record(case: Any, outcomes: list) -> Verdict | None:
     for r in case.members:
         o = outcomes[r]
         calls = [c for c in o.trace if c.get("done", True) and "op" in c]
-        least = sum(implied(c, world)[0] for c in calls)
-        most = sum(implied(c, world)[1] for c in calls)
+        bounds = [implied(c, world) for c in calls]
+        least, most = sum(b[0] for b in bounds), sum(b[1] for b in bounds)
         got = sum(o.received.values())
         allowed = slack(calls, world)
         if got > most * (1 + RELATIVE) + allowed:
