@@ -6,12 +6,14 @@ batch): they differ only in which cases they select and how they report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -224,27 +226,118 @@ class Grader:
         self.close()
 
 
+#: Exercises graded at once, each lane with its own rank pools. A case mostly waits (the ranks' group
+#: join, gloo's sockets, the answers), so one lane kept 2 cores half busy: `grade solutions` spent 10.7
+#: CPU-s in 10.6 s of wall time. Each exercise stays whole in one lane, in order, so the strikes and
+#: the time budget see its cases exactly as they would one lane alone.
+LANES = 2
+
+
 def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, backend: str = "auto",
-          on_result: Callable[[CaseResult], None] | None = None, budget: float | None = None) -> list[CaseResult]:
+          on_result: Callable[[CaseResult], None] | None = None, budget: float | None = None,
+          lanes: int = LANES) -> list[CaseResult]:
     """Grade `cases` against the exercise files in `submission`, with fresh rank processes.
 
-    With a `budget` (seconds), a case starts only before its exercise's deadline (`deadlines`); a case
-    that would start later is not run, so a slow exercise costs its own points, never the whole run.
+    Up to `lanes` exercises run at once; whichever lane is free takes the next exercise in order, and
+    `on_result` sees the results in the order of `cases`. With a `budget` (seconds), a case starts only
+    before its exercise's deadline (`deadlines`); a case that would start later is not run, so a slow
+    exercise costs its own points, never the whole run.
     """
-    results = []
     cases = list(cases)
     until = deadlines(cases, budget) if budget else {}
-    with Grader(submission, manifest, backend=backend) as grader:
-        grader.prepare(cases)
-        start = time.monotonic()
-        for case in cases:
-            if case.exercise in until and time.monotonic() - start > until[case.exercise]:
-                results.append(_late(case, manifest, until[case.exercise], budget))
-            else:
-                results.append(grader.run(case))
+    exercises: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        exercises.setdefault(case.exercise, []).append(i)
+    todo = list(exercises)
+    results: list[CaseResult | None] = [None] * len(cases)
+    failed: list[BaseException] = []
+    done = threading.Condition()
+    stop = threading.Event()
+    turns = _Turns()
+    start = time.monotonic()
+
+    def lane(grader: Grader) -> None:
+        try:
+            while not stop.is_set():
+                with done:
+                    if not todo:
+                        return
+                    exercise = todo.pop(0)
+                for i in exercises[exercise]:
+                    case = cases[i]
+                    if stop.is_set():
+                        return
+                    if exercise in until and time.monotonic() - start > until[exercise]:
+                        result = _late(case, manifest, until[exercise], budget)
+                    else:
+                        with turns.turn(alone=checks.get(case.exercise, case.check).alone):
+                            result = grader.run(case)
+                    with done:
+                        results[i] = result
+                        done.notify_all()
+        except BaseException as e:  # the kit's own failure: the main thread raises it
+            with done:
+                failed.append(e)
+                done.notify_all()
+
+    graders: list[Grader] = []
+    threads: list[threading.Thread] = []
+    try:
+        for _ in range(max(1, min(lanes, len(exercises)))):
+            graders.append(Grader(submission, manifest, backend=backend))
+            graders[-1].prepare(cases)
+        threads = [threading.Thread(target=lane, args=(g,), name=f"cplab-lane-{n}", daemon=True)
+                   for n, g in enumerate(graders)]
+        for t in threads:
+            t.start()
+        for i in range(len(cases)):
+            with done:
+                while results[i] is None and not failed:
+                    done.wait()
+                if failed:
+                    raise failed[0]
             if on_result:
-                on_result(results[-1])
+                on_result(results[i])
+    finally:
+        # On an interrupt (SIGTERM's SystemExit, Ctrl-C) the lanes stop between cases; killing the ranks
+        # ends the case in flight at once.
+        stop.set()
+        if any(t.is_alive() for t in threads):
+            for g in graders:
+                g.runner.abort()
+        for t in threads:
+            t.join()
+        for g in graders:
+            g.close()
     return results
+
+
+class _Turns:
+    """Cases of the lanes run side by side, except a case that must run alone: it waits for the running
+    ones to end, and no other starts until it is done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._alone_waiting = 0
+        self._alone_running = False
+
+    @contextlib.contextmanager
+    def turn(self, *, alone: bool) -> Iterator[None]:
+        with self._cond:
+            self._alone_waiting += alone
+            while self._alone_running or (self._running if alone else self._alone_waiting):
+                self._cond.wait()
+            self._alone_waiting -= alone
+            self._alone_running = alone
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._alone_running = False
+                self._cond.notify_all()
 
 
 def deadlines(cases: list[Case], budget: float) -> dict[str, float]:

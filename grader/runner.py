@@ -211,14 +211,7 @@ class RankPool:
         if handle is not None:
             if not self.init:
                 self.init = handle.init_pid(STARTUP_TIMEOUT) or 0
-            if self.init:
-                if self.sandbox.active:
-                    _signal(self.init, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills the rest
-                else:
-                    sandbox_mod.kill_descendants(self.init)
-                    _signal(self.init, signal.SIGKILL)
-            else:
-                _signal(handle.leader, signal.SIGKILL)
+            self._signal_all(handle)
             handle.wait_gone(10.0)
             handle.close()
         for conn in self.conns:
@@ -226,6 +219,23 @@ class RankPool:
         if self._diag is not None:
             self._diag.close()
         self.conns, self.pids, self.inner, self.init, self.ready, self._diag = [], {}, {}, 0, False, None
+
+    def abort(self) -> None:
+        """Kill the ranks from another thread than the one running a case on them: that case then ends
+        as if they had died, and the pool is left for `kill` or `close` to clean up."""
+        handle = self.handle
+        if handle is not None and self.init:
+            self._signal_all(handle)
+
+    def _signal_all(self, handle: zygote_mod.PoolHandle) -> None:
+        if self.init:
+            if self.sandbox.active:
+                _signal(self.init, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills the rest
+            else:
+                sandbox_mod.kill_descendants(self.init)
+                _signal(self.init, signal.SIGKILL)
+        else:
+            _signal(handle.leader, signal.SIGKILL)
 
     def recycle(self) -> None:
         """Replace the ranks with fresh ones (after a failed case: threads or state it left die with them)."""
@@ -573,6 +583,11 @@ class Runner:
         """Fork the pools these sizes need now, so that they get ready while the first cases run."""
         for size in dict.fromkeys(world_sizes):
             self.pool(size).launch()
+
+    def abort(self) -> None:
+        """Kill every pool's ranks now, from any thread (see RankPool.abort)."""
+        for pool in list(self.pools.values()):
+            pool.abort()
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -45,6 +45,9 @@ class Check:
     sends: tuple[str, ...] = ()
     #: the judge reads the kernel's evidence of the call (bytes per peer, peak memory): the runner reads it
     evidence = False
+    #: the judge reads the ranks' CPU time, which this grader's other cases, running beside it, inflate:
+    #: such a case runs while no other case of the submission does (grading.grade's lanes)
+    alone = False
 
     def ranks(self, case: Any) -> int:
         return 1 if self.local else case.world_size

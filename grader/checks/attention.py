@@ -60,6 +60,7 @@ class DistributedAttention(Check):
 
     def __init__(self, function: str, mode: str):
         self.function, self.mode = function, mode
+        self.alone = mode == "compute"  # judge_compute reads CPU time
 
     def inputs(self, case):
         full = full_inputs(case)
