@@ -1,7 +1,10 @@
-"""grading.grade's lanes: exercises graded side by side, results in the cases' order, CPU-judged cases alone."""
+"""grading.grade's lanes: exercises graded side by side, results in the cases' order, CPU-judged cases alone
+(within one grader, and across the machine's graders)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -56,3 +59,46 @@ def test_a_case_that_must_run_alone_overlaps_no_other():
             assert end <= alone[1] or start >= alone[2], spans
     # the case that came after the alone one waited for it, not the other way round
     assert [s[0] for s in sorted(spans, key=lambda s: s[1])] == ["shared-1", "alone", "shared-2"]
+
+
+HOLD = """import fcntl, os, sys, time
+fd = os.open({path!r}, os.O_RDONLY | os.O_CREAT, 0o444)
+fcntl.flock(fd, fcntl.{lock})
+print("held", flush=True)
+time.sleep({seconds})
+"""
+
+
+def _holder(lock: str, seconds: float) -> subprocess.Popen:
+    """Another grader's process holding the machine's turn lock (`lock`: LOCK_SH or LOCK_EX)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(path=str(grading.TURN_LOCK), lock=lock,
+                                                               seconds=seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_cpu_judged_case_waits_for_other_graders_cases():
+    holder = _holder("LOCK_SH", 1.0)
+    start = time.monotonic()
+    with grading.machine_turn(alone=True):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert waited >= 0.8, waited
+    start = time.monotonic()
+    other = _holder("LOCK_SH", 1.0)
+    with grading.machine_turn(alone=False):  # shared turns do not wait for each other
+        assert time.monotonic() - start < 0.8
+    other.wait()
+
+
+def test_a_turn_held_forever_delays_a_case_by_turn_wait_only(monkeypatch):
+    monkeypatch.setattr(grading, "TURN_WAIT", 0.5)
+    holder = _holder("LOCK_EX", 30.0)
+    try:
+        start = time.monotonic()
+        with grading.machine_turn(alone=False):
+            waited = time.monotonic() - start
+        assert 0.5 <= waited < 2.0, waited
+    finally:
+        holder.kill()
+        holder.wait()
