@@ -180,7 +180,7 @@ def test_ex7_model_heads_must_split_for_ulysses(tmp_path, params, message):
 def test_every_case_of_the_kit_manifest_passes_the_rules():
     """The rules refuse nothing the kit grades by, including the heads_error cases whose H does not divide."""
     lab = manifest.load()
-    assert len(lab.cases) == 123
+    assert len(lab.cases) == 124
     heads_error = [c for c in lab.cases if c.check == "heads_error"]
     assert heads_error and all(c.shape["H"] % c.group_size for c in heads_error)
     assert max(c.world_size for c in lab.cases) <= manifest.MAX_WORLD_SIZE

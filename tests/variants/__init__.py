@@ -796,4 +796,10 @@ def sharded_cross_entropy('''),
           "    dist.all_reduce(flat, op=dist.ReduceOp.SUM)\n")],
         Fails("step_subgroup_zigzag", Kind.TIMEOUT, "waits in all_reduce()"),
     ),
+    Variant(
+        "ex7_bug_loss_float64", EX7,
+        "the loss returned in float64, the reference's precision, not in the model's dtype: right for a float64 model only",
+        [("    return loss.detach()\n", "    return loss.detach().double()  # as precise as the reference\n")],
+        Fails("step_float32_striped", Kind.WRONG_DTYPE, "float32"),
+    ),
 ]
