@@ -2,10 +2,12 @@
 
     python benchmarks/public_suite.py [--submission DIR]
 
-Grades every public case once in warm rank pools (the default: the kit's
-solutions, so every case runs to the end). Pool start-up (importing torch in
-each rank) is counted where it happens: in the first case of each world size.
-Not a timed test; the README quotes the figures measured on the 2-core CI machine.
+Grades every public case once through grading.grade, the pipeline `check`
+runs (two exercises at once, each lane in warm rank pools; the default
+submission is the kit's solutions, so every case runs to the end). Pool
+start-up is counted where it happens: before each lane's first case of a
+world size. Not a timed test; the README quotes the figures measured on the
+2-core CI machine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections import defaultdict
 
 from grader import manifest
-from grader.grading import Grader
+from grader.grading import grade
 
 
 def main() -> None:
@@ -27,11 +29,9 @@ def main() -> None:
     per = defaultdict(float)
     passed = 0
     start = time.perf_counter()
-    with Grader(args.submission, lab) as grader:
-        for case in cases:
-            result = grader.run(case)
-            per[case.exercise] += result.seconds
-            passed += result.verdict.passed
+    for result in grade(args.submission, lab, cases):
+        per[result.case.exercise] += result.seconds
+        passed += result.verdict.passed
     total = time.perf_counter() - start
     for ex, seconds in per.items():
         print(f"  {ex}: {seconds:6.1f} s")
