@@ -458,6 +458,14 @@ def judge_compute(case: Any, outcomes: list) -> Verdict | None:
     if p > 1 and max(blocks) > 1.25 * max(min(blocks), 1e-9):
         return fail(Kind.COMPUTE, f"the attention work is unbalanced under {case.scheme} (blocks per rank: {text}): "
                                   f"{case.scheme} sharding gives every rank the same causal work")
+    most = (p + 1) / 2  # zigzag: the diagonal block whole, every other block through one chunk, half of it
+    if case.scheme == "zigzag" and max(blocks) > most * 1.05:
+        return fail(Kind.COMPUTE, f"each rank computes up to {max(blocks):.2f} blocks of attention; under zigzag a "
+                                  f"rank needs its diagonal block and half of every other one, (P+1)/2 = "
+                                  f"{most:.2f} (blocks per rank: {text})",
+                    hint="Compute only the visible rectangle of a block: a block of an earlier rank is seen "
+                         "through its early chunk of keys only, a block of a later rank by the late chunk of "
+                         "queries only.")
     return None
 
 

@@ -458,8 +458,10 @@ class _HeadToSeq(torch.autograd.Function):
     ),
     # ---- ex5: ring attention
     Variant(
-        "ex5_correct_separate_kv_no_overlap", EX5,
-        "K and V travel as separate messages, received before each block is computed (no overlap); only fully hidden blocks are skipped",
+        "ex5_bug_separate_kv_hidden_blocks_only", EX5,
+        "K and V travel as separate messages, received before each block is computed (no overlap), and only "
+        "fully hidden blocks are skipped: right under contiguous sharding, but under zigzag no block is fully "
+        "hidden, so every one is computed whole",
         [("def ring_forward(", '''\
 def _exchange(send, recv, group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
@@ -536,6 +538,7 @@ def ring_forward('''),
                 k_cur, v_cur = recv[2], recv[3]
         return dq.to(q.dtype), dk_cur.to(k.dtype), dv_cur.to(v.dtype), None, None
 ''')],
+        Fails("compute_zigzag", Kind.COMPUTE, "(P+1)/2 = 2.50"),
     ),
     Variant(
         "ex5_bug_blocking_send_recv", EX5,
@@ -599,6 +602,15 @@ def ring_forward('''),
         [("        q_start, k_stop = visible_block(q_pos, k_pos)\n        if k_stop > 0:  # else",
           "        q_start, k_stop = 0, k_pos.numel()  # the whole block, visible or not\n        if k_stop > 0:  # else")],
         Fails("compute_contiguous", Kind.COMPUTE, "rank 0 computes 4.00 blocks"),
+    ),
+    Variant(
+        "ex5_bug_no_skip_zigzag", EX5,
+        "the visible rectangle only under contiguous sharding: under zigzag every block is computed whole, "
+        "although each rank sees only half of every block but its own",
+        [("        q_start, k_stop = visible_block(q_pos, k_pos)\n        if k_stop > 0:  # else",
+          "        q_start, k_stop = visible_block(q_pos, k_pos) if scheme == \"contiguous\" else (0, k_pos.numel())\n"
+          "        if k_stop > 0:  # else")],
+        Fails("compute_zigzag", Kind.COMPUTE, "(P+1)/2 = 2.50"),
     ),
     Variant(
         "ex5_bug_overwrite_no_merge", EX5,
