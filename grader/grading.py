@@ -256,7 +256,6 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
     failed: list[BaseException] = []
     done = threading.Condition()
     stop = threading.Event()
-    turns = _Turns()
     start = time.monotonic()
 
     def lane(grader: Grader) -> None:
@@ -273,8 +272,7 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
                     if exercise in until and time.monotonic() - start > until[exercise]:
                         result = _late(case, manifest, until[exercise], budget)
                     else:
-                        with turns.turn(alone=checks.get(case.exercise, case.check).alone):
-                            result = grader.run(case)
+                        result = grader.run(case)
                     with done:
                         results[i] = result
                         done.notify_all()
@@ -315,64 +313,54 @@ def grade(submission: str | Path, manifest: Manifest, cases: Iterable[Case], *, 
     return results
 
 
-class _Turns:
-    """Cases of the lanes run side by side, except a case that must run alone: it waits for the running
-    ones to end, and no other starts until it is done."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._running = 0
-        self._alone_waiting = 0
-        self._alone_running = False
-
-    @contextlib.contextmanager
-    def turn(self, *, alone: bool) -> Iterator[None]:
-        with self._cond:
-            self._alone_waiting += alone
-            while self._alone_running or (self._running if alone else self._alone_waiting):
-                self._cond.wait()
-            self._alone_waiting -= alone
-            self._alone_running = alone
-            self._running += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._alone_running = False
-                self._cond.notify_all()
-
-
-#: Shared by every grader on the machine (batch's workers, two `grade`s, a `check`): a case whose judge reads
-#: CPU time holds it alone, every other case shares it. Two full grades of two lanes each, side by side,
-#: failed ex5 compute_contiguous in 2 of 6 grades without it (the solution's rank 0 took as much CPU as
-#: rank 3); the kernel's CPU time of a call is only the work it did when no other grader's ranks share
-#: the cores with it. Outside the sandbox a student's code could hold it: a turn waits TURN_WAIT at most.
+#: Shared by every grader on the machine (batch's workers, two `grade`s, a `check`, the lanes of one grade):
+#: a case whose judge reads CPU time holds TURN_LOCK alone, every other case shares it. Two full grades of
+#: two lanes each, side by side, failed ex5 compute_contiguous in 2 of 6 grades without it (the solution's
+#: rank 0 took as much CPU as rank 3); the kernel's CPU time of a call is only the work it did when no other
+#: grader's ranks share the cores with it. TURN_GATE lets a case waiting to run alone go before the shared
+#: turns asked after it, which would otherwise keep the lock shared for good. Outside the sandbox a student's
+#: code could hold either: a turn waits TURN_WAIT at most.
 TURN_LOCK = Path("/tmp/cplab-turns.lock")
+TURN_GATE = Path("/tmp/cplab-turns-gate.lock")
 TURN_WAIT = 60.0
 
 
 @contextlib.contextmanager
 def machine_turn(*, alone: bool) -> Iterator[None]:
     """A shared turn on the machine's cplab graders, or (alone) an exclusive one: see TURN_LOCK."""
+    fds: list[int] = []
     try:
-        fd = os.open(TURN_LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
-    except OSError:
-        yield  # no shared /tmp (or a foreign file in the way): each grader keeps its own turns
-        return
-    try:
-        deadline = time.monotonic() + TURN_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.005)
+        try:
+            for path in (TURN_GATE, TURN_LOCK):
+                fds.append(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444))
+        except OSError:  # no shared /tmp (or a foreign file in the way): no turns to take
+            for fd in fds:
+                os.close(fd)
+            fds = []
+        if fds:
+            gate, lock = fds
+            deadline = time.monotonic() + TURN_WAIT
+            kind = fcntl.LOCK_EX if alone else fcntl.LOCK_SH
+            _flock(gate, kind, deadline)
+            _flock(lock, kind, deadline)
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)  # in: a case that must run alone may queue at the gate now
         yield
     finally:
-        os.close(fd)  # releases the lock
+        for fd in fds:
+            os.close(fd)  # releases its lock
+
+
+def _flock(fd: int, kind: int, deadline: float) -> None:
+    """Take the lock, waiting until `deadline` at most (then go on without it)."""
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
 
 
 def deadlines(cases: list[Case], budget: float) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """grading.grade's lanes: exercises graded side by side, results in the cases' order, CPU-judged cases alone
-(within one grader, and across the machine's graders)."""
+(among the lanes of one grader and the machine's other graders alike)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ def test_results_come_in_the_order_of_the_cases_from_both_lanes():
 
 
 def test_a_case_that_must_run_alone_overlaps_no_other():
-    turns = grading._Turns()
+    """The lanes of one grader take their turns like separate graders: each turn opens its own lock."""
     spans: list[tuple[str, float, float]] = []
 
     def case(name: str, alone: bool, delay: float) -> None:
         time.sleep(delay)
-        with turns.turn(alone=alone):
+        with grading.machine_turn(alone=alone):
             start = time.monotonic()
             time.sleep(0.2)
             spans.append((name, start, time.monotonic()))

@@ -45,8 +45,8 @@ class Check:
     sends: tuple[str, ...] = ()
     #: the judge reads the kernel's evidence of the call (bytes per peer, peak memory): the runner reads it
     evidence = False
-    #: the judge reads the ranks' CPU time, which this grader's other cases, running beside it, inflate:
-    #: such a case runs while no other case of the submission does (grading.grade's lanes)
+    #: the judge reads the ranks' CPU time, which other cases running beside it inflate: such a case runs
+    #: while no other case of any grader on the machine does (grading.machine_turn)
     alone = False
 
     def ranks(self, case: Any) -> int:
