@@ -44,6 +44,7 @@ import atexit
 import io
 import json
 import os
+import py_compile
 import secrets
 import shutil
 import signal
@@ -572,6 +573,7 @@ class Runner:
             if source.is_file():
                 shutil.copyfile(source, target / source.name)
                 os.chmod(target / source.name, 0o644)
+                _precompile(target / source.name)
         return target
 
     def pool(self, world_size: int) -> RankPool:
@@ -603,6 +605,16 @@ class Runner:
 
 
 _said: list[str] = []
+
+
+def _precompile(path: Path) -> None:
+    """Compile once here what every rank imports afresh in every case (the ranks cannot write a .pyc
+    themselves); compiling runs none of the code, and a file that does not compile is the rank's to report."""
+    try:
+        py_compile.compile(str(path), doraise=True)
+    except py_compile.PyCompileError:
+        return
+    os.chmod(path.parent / "__pycache__", 0o755)  # the sandbox's uid reads it, whatever the umask
 
 
 def _say_once_without_sandbox(settings: Sandbox) -> None:
