@@ -44,17 +44,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-# `batch` is not one: its workers are fresh processes, each with a rank server of its own.
-RANK_COMMANDS = ("check", "grade", "bench")
-
-
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
-    if words[:1] and words[0] in RANK_COMMANDS:
-        # The rank server imports torch in its own process while this one imports the commands.
-        from grader import zygote
-
-        zygote.shared().start()
     args = parser().parse_args(argv)
     return importlib.import_module(args.module).run(args)
 

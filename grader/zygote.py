@@ -11,7 +11,10 @@ CUDA (a CUDA context does not either).
 [The process tree of one pool]
     grader ── zygote ── leader ── init ── rank 0 ... rank P-1
   - zygote: one per grading process; it dies with the grader (PDEATHSIG and
-    the end of its socket) and forks one leader per pool asked for.
+    the end of its socket) and forks one leader per pool asked for. It is
+    spawned (a fresh interpreter), or, where the grading process is itself
+    still that clean (`python -m grader`, a batch worker), a fork of it,
+    which saves it the second torch import (1.1 of its 1.5 CPU-s).
   - leader: in a sandbox, enters the pool's own PID, network and mount
     namespaces (grader.sandbox), then forks init and waits for it. It holds
     the pool's lifeline, a pipe to the grader: when it closes, init is reaped,
@@ -21,12 +24,18 @@ CUDA (a CUDA context does not either).
     kills whatever is left in the namespace.
   - ranks: grader.worker.serve, each with its own pipe to the grader.
 Each level dies with its parent (PR_SET_PDEATHSIG), so a SIGKILLed grader
-takes the whole tree with it.
+takes the whole tree with it. A batch uses the same server for its workers
+(`fork_call`): a leader forks the worker and reports how it ended.
+
+Everything the zygote imported is frozen out of the garbage collector
+(gc.freeze) before it forks: a rank's collections then never walk, nor write
+to, the inherited torch heap.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -36,6 +45,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 MAX_REQUEST = 1 << 16
@@ -92,30 +102,58 @@ class PoolHandle:
 
 
 class Zygote:
-    """The grader's end of the server: start it once, then ask it for pools."""
+    """The grader's end of the server: start it once, then ask it for pools (or, for a batch, workers)."""
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | None = None  # a spawned server; a forked one has only a pid
+        self._pid: int | None = None
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._pid
 
-    def start(self) -> None:
-        """Start the server without waiting for its imports; the first fork waits for them."""
-        if self._proc is not None:
+    def start(self, *, fork: bool = False) -> None:
+        """Start the server without waiting for its imports; the first fork waits for them.
+
+        fork=True makes the server a fork of this process, which saves it importing torch again. Only a
+        process that is as clean as the server must stay may ask for that: no torch op run, no thread
+        started, none of the grader's own modules (references, checks, the manifest) imported and no
+        case read, since every rank is a copy of the server.
+        """
+        if self._sock is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; import grader.zygote as z; z.serve({theirs.fileno()})"
-        self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
-                                      stdin=subprocess.DEVNULL, close_fds=True)
+        if fork:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _serve_forked(theirs.fileno())
+        else:
+            code = (f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; import grader.zygote as z; "
+                    f"z.serve({theirs.fileno()})")
+            self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                          stdin=subprocess.DEVNULL, close_fds=True)
+            pid = self._proc.pid
         theirs.close()
-        self._sock = ours
+        self._sock, self._pid = ours, pid
 
     def fork_pool(self, settings: dict, rank_fds: list[int]) -> PoolHandle:
         """Fork a pool whose rank r talks through rank_fds[r]; the caller keeps (and closes) its fds."""
+        return self._request({"pool": settings}, rank_fds)
+
+    def fork_call(self, target: str, argument: dict, *, env: dict[str, str] | None = None,
+                  own_server: bool = False) -> PoolHandle:
+        """Fork a process that runs `target(argument)` ("module:function"), under a leader as a pool's
+        init is: the handle's init_pid is its pid, its status pipe says how it ended. It gets `env`
+        first, then, with own_server, its own rank server forked from it before it imports `target`:
+        the ranks hold nothing of a grading process's own modules."""
+        return self._request({"call": target, "argument": argument, "env": env or {}, "own_server": own_server},
+                             [])
+
+    def _request(self, request: dict, fds: list[int]) -> PoolHandle:
         self.start()
         life_r, life_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -123,13 +161,13 @@ class Zygote:
         try:
             with self._lock:
                 assert self._sock is not None
-                socket.send_fds(self._sock, [json.dumps(settings).encode()], [life_w, status_w, *rank_fds])
+                socket.send_fds(self._sock, [json.dumps(request).encode()], [life_w, status_w, *fds])
                 reply, _, _, _ = socket.recv_fds(self._sock, MAX_REQUEST, 0)
             if not reply:
-                raise RuntimeError(f"the rank server exited (code {self._proc.poll() if self._proc else None})")
+                raise RuntimeError(f"the rank server exited (code {self._exit_code()})")
             answer = json.loads(reply)
             if "error" in answer:
-                raise RuntimeError(f"the rank server could not fork a pool: {answer['error']}")
+                raise RuntimeError(f"the rank server could not fork: {answer['error']}")
         except BaseException:
             os.close(life_r)
             os.close(status_r)
@@ -138,6 +176,15 @@ class Zygote:
             os.close(life_w)
             os.close(status_w)
         return PoolHandle(answer["leader"], life_r, status_r)
+
+    def _exit_code(self) -> int | None:
+        if self._proc is not None:
+            return self._proc.poll()
+        try:
+            pid, status = os.waitpid(self._pid, os.WNOHANG) if self._pid else (0, 0)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(status) if pid else None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -149,7 +196,25 @@ class Zygote:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-            self._proc = None
+        elif self._pid is not None:
+            _reap_within(self._pid, 5.0)
+        self._proc = self._pid = None
+
+
+def _reap_within(pid: int, timeout: float) -> None:
+    """Wait for a child that was told to end; SIGKILL it after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(0.01)
 
 
 _shared: Zygote | None = None
@@ -178,6 +243,22 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def _serve_forked(fd: int) -> None:
+    """The child of Zygote.start(fork=True): drop what it inherited from the grader, then serve."""
+    code = 1
+    try:
+        os.closerange(3, fd)
+        os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        serve(fd)
+        code = 0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        os._exit(code)
+
+
 def serve(fd: int) -> None:
     """The zygote's loop: import once, then fork a leader per request until the grader hangs up."""
     import importlib
@@ -188,6 +269,10 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     for name in PRELOAD:
         importlib.import_module(name)
+    # Everything imported so far lives as long as the ranks: the collector need never walk it again,
+    # and a rank's collections then write to none of its pages (no copy-on-write of the torch heap).
+    gc.collect()
+    gc.freeze()
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
     _loop(sock)
 
@@ -224,26 +309,60 @@ def _reap() -> None:
         pass
 
 
-def _lead(settings: dict, lifeline: int, status: int, rank_fds: list[int]) -> None:
-    """A pool's leader: enter the sandbox's namespaces, fork init, report its pid, wait for it."""
+def _lead(request: dict, lifeline: int, status: int, rank_fds: list[int]) -> None:
+    """A leader: for a pool, enter the sandbox's namespaces and fork init; for a call, fork the process
+    that runs it. Either way report the child's pid on the lifeline and wait for it."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         die_with_parent()
-        from grader import sandbox
+        if "pool" in request:
+            from grader import sandbox
 
-        sandbox.enter(settings["sandbox"])
+            sandbox.enter(request["pool"]["sandbox"])
         pid = os.fork()
         if pid == 0:
             os.close(lifeline)
-            _init(settings, status, rank_fds)
-        for f in (status, *rank_fds):
+            if "pool" in request:
+                _init(request["pool"], status, rank_fds)
+            _call(request, status)
+        for f in rank_fds:
             os.close(f)
+        if "pool" in request:
+            os.close(status)  # init reports the pool's ends; a call's end is this leader's to report
         os.write(lifeline, struct.pack("q", pid))
-        os.waitpid(pid, 0)
+        _, wait_status = os.waitpid(pid, 0)
+        if "call" in request:
+            os.write(status, struct.pack("ii", pid, wait_status))
         code = 0
     finally:
+        os._exit(code)
+
+
+def _call(request: dict, status: int) -> None:
+    """The process a call request forked: run target(argument), exit 0 when it returned."""
+    import importlib
+    import traceback
+
+    code = 1
+    try:
+        os.close(status)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        die_with_parent(signal.SIGTERM)
+        os.environ.update(request["env"])
+        if request["own_server"]:
+            shared().start(fork=True)
+        module, name = request["call"].split(":")
+        getattr(importlib.import_module(module), name)(request["argument"])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(code)
 
 

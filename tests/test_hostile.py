@@ -47,6 +47,13 @@ def attacks(kit: Path) -> dict[str, tuple[str, Kind | None, str]]:
         "read_manifest": (f"open({str(kit / 'lab_manifest.yaml')!r}).read()", Kind.EXCEPTION, HIDDEN),
         "read_reference": (f"open({str(kit / 'grader' / 'reference.py')!r}).read()", Kind.EXCEPTION, HIDDEN),
         "list_tests": (f"import os\nos.listdir({str(kit / 'tests')!r})", Kind.EXCEPTION, HIDDEN),
+        "import_reference": ("import grader.reference", Kind.EXCEPTION, "No module named 'grader.reference'"),
+        # every rank is a fork of a rank server, which may itself be a fork of a grading process: none of
+        # that process's own modules (nor what they held) may come along
+        "parent_modules": ("import sys\nleaked = sorted(m for m in sys.modules if m.split('.')[:2] in "
+                           "(['grader', 'grading'], ['grader', 'reference'], ['grader', 'checks'], "
+                           "['grader', 'manifest'], ['grader', 'batch'], ['grader', 'cli']))\n"
+                           "if leaked:\n    raise RuntimeError(f'the rank holds {leaked}')", None, ""),
         "write_grader": (f"open({str(kit / 'grader' / 'grading.py')!r}, 'a').write('# forged')",
                          Kind.EXCEPTION, "PermissionError"),
         "write_kit": (f"open({str(kit / 'forged.py')!r}, 'w').write('x')", Kind.EXCEPTION, "PermissionError"),
