@@ -382,6 +382,7 @@ class _Watch:
         failed_at: float | None = None
         idle_since: float | None = None
         idle_from: dict[int, procfs.Sample] = {}
+        checked = 0.0
         while len(self.outcomes) < world:
             now = time.monotonic()
             if failed_at is not None and now > failed_at + ERROR_GRACE:
@@ -414,6 +415,10 @@ class _Watch:
             if all(r in self.ended for r in running) and self.ended - self.received.keys():
                 self._end(running)
                 continue
+            # every rank's message wakes the loop: the kernel's counts are read at most once a POLL
+            if now - checked < POLL:
+                continue
+            checked = now
             samples = {r: procfs.sample(pool.pids[r]) for r in running}
             self._now.update(samples)
             if any(self.over_budget(r) for r in running):

@@ -128,6 +128,7 @@ def _free_uid() -> int:
 # --- in the pool's processes ----------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
+TCP_TABLE = 512  # buckets: a pool of 8 has 28 connections per case, and the last minute's in TIME_WAIT
 
 
 def _check(ret: int, what: str) -> None:
@@ -147,6 +148,7 @@ def enter(settings: dict) -> None:
     if not settings["active"]:
         return
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET), "unshare")
+    _own_tcp_table()
     _mount("", "/", None, MS_REC | MS_PRIVATE)
     _loopback_up()
     workdir = settings["workdir"]
@@ -176,6 +178,23 @@ def enter(settings: dict) -> None:
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=000")
         elif os.path.exists(path):
             _mount(empty_file, path, None, MS_BIND)
+
+
+def _own_tcp_table() -> None:
+    """Move on into a second network namespace with a TCP table of its own (Linux 6.1+), sized for a pool.
+
+    A namespace shares the machine's table unless its parent namespace set tcp_child_ehash_entries, and
+    the grader's sock_diag dumps walk every bucket of it: 262144 here, 2.2 ms a dump, against 0.5 ms
+    with 512 (the dumps of one grade took 0.25 CPU-s). The first namespace has no process left after this
+    and goes; the machine's own setting is never touched.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/tcp_child_ehash_entries", "w") as f:
+            f.write(str(TCP_TABLE))
+    except OSError:
+        return  # an older kernel: the machine's table it is
+    # Refused (a seccomp profile, say): the first namespace serves as well, with the machine's table.
+    _libc.unshare(CLONE_NEWNET)
 
 
 def _loopback_up() -> None:
