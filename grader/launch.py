@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import datetime
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +135,7 @@ class World:
 
     def close(self) -> None:
         dist.destroy_process_group()
+        shutil.rmtree(self.traces, ignore_errors=True)
 
 
 def check(world: World, args: argparse.Namespace) -> int:
