@@ -27,8 +27,8 @@ A killed batch leaves only whole results files behind (each written to a
 temp file, then renamed); rerunning it grades what is missing.
 
 [How a worker starts]
-The batch starts one server (grader.zygote) that imports torch once; every
-worker is a fork of it, and the worker's own rank server a fork of the worker,
+The batch has one server (grader.zygote), a fork of `python -m grader batch`
+made as it starts; every worker is a fork of it, and the worker's own rank server a fork of the worker,
 made before the worker imports anything of the grader's own. So a submission
 pays no torch import at all: 4 copies of solutions/ with --jobs 2 went from
 15.1 to 10.1 CPU-s per submission, 6.3 to 9.0 a minute
@@ -330,6 +330,11 @@ def work(argument: dict) -> None:
         os.dup2(log, 2)
         os.close(log)
         tempfile.tempdir = tmp
+        import torch
+
+        # `jobs` workers share the cores: torch's own threads would spin (OpenMP waits busily) for work
+        # that is small (references, judges), 3% of a batch's CPU
+        torch.set_num_threads(1)
         data = _grade(job)
         # a SIGTERM from here on would leave a temp file beside the results instead of the results. Ignored,
         # not blocked: pthread_sigmask blocks it for this thread only, and torch's threads would still take
@@ -431,7 +436,7 @@ def _schedule(jobs: list[Job], width: int, limit: float, maxima: dict[str, float
     """
     queue = collections.deque(jobs)
     running: dict[int, _Worker] = {}
-    server = zygote.Zygote()
+    server = zygote.shared()  # under `python -m grader batch`, a fork of the batch made at its start
     try:
         while queue or running:
             while queue and len(running) < width:
@@ -462,7 +467,6 @@ def _schedule(jobs: list[Job], width: int, limit: float, maxima: dict[str, float
         for worker in running.values():
             worker.stop()
             shutil.rmtree(worker.tmp, ignore_errors=True)
-        server.close()
 
 
 def _death(code: int | None, job: Job) -> str:
