@@ -17,7 +17,8 @@ from grader.grading import Grader
 from grader.verdict import Kind
 from variants import Span, Variant, apply
 
-EX3, EX4, EX5 = "ex3_allgather_attention.py", "ex4_ulysses_attention.py", "ex5_ring_attention.py"
+EX2, EX3, EX4, EX5 = ("ex2_blockwise_attention.py", "ex3_allgather_attention.py", "ex4_ulysses_attention.py",
+                      "ex5_ring_attention.py")
 
 HIDDEN_GATHER = ("    cur = torch.stack((k, v))  # (2, B, H, S/P, D): K and V travel as one message\n"
                  "    nxt = torch.empty_like(cur)\n")
@@ -141,12 +142,17 @@ BLIND = ('def ring_forward(q, k, v, scheme="contiguous", group=None):\n',
          'def _ring_forward(q, k, v, scheme="contiguous", group=None):\n')
 
 
-@pytest.mark.parametrize("bug, case_name, kind", [
-    ("ex5_bug_no_skip", "compute_contiguous", Kind.COMPUTE),
-    ("ex5_bug_keeps_all_blocks", "memory", Kind.MEMORY),
+@pytest.mark.parametrize("bug, case_name, kind, text", [
+    ("ex5_bug_no_skip", "compute_contiguous", Kind.COMPUTE, "kernel"),
+    ("ex5_bug_keeps_all_blocks", "memory", Kind.MEMORY, "kernel"),
+    # no outside count tells a dense zigzag or striped ring from one that skips: the blinded counter
+    # itself is the fault, since a correct output needs the FLOPs of every visible (query, key) pair
+    ("ex5_bug_no_skip_zigzag", "compute_zigzag", Kind.RECORD_MISMATCH, "the FLOP count does not match"),
+    ("ex5_bug_no_skip_zigzag", "compute_striped", Kind.RECORD_MISMATCH, "the FLOP count does not match"),
 ])
-def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, lab, tmp_path):
-    """A ring that hides from the in-rank probes is judged by the kernel's CPU time and peak memory."""
+def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, text, lab, tmp_path):
+    """A ring that hides from the in-rank probes is judged by the kernel's CPU time and peak memory, or,
+    where those cannot tell, fails for the FLOPs its correct output needed and the counter never saw."""
     from variants import VARIANTS
 
     variant = next(v for v in VARIANTS if v.name == bug)
@@ -156,7 +162,31 @@ def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, lab, tm
     with Grader(sub, lab) as grader:
         result = grader.run(case)
     assert result.verdict.kind is kind, result.verdict.message
-    assert "kernel" in result.verdict.message
+    assert text in result.verdict.message, result.verdict.message
+
+
+ELEMENTWISE = (
+    ("    scores = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Sq, Sk)\n",
+     "    scores = (q.to(cdt)[..., :, None, :] * k.to(cdt)[..., None, :, :]).sum(-1) * scale\n"),
+    ("    out = (weights / denom) @ v.to(cdt)  # (B, H, Sq, D)\n",
+     "    out = ((weights / denom)[..., :, :, None] * v.to(cdt)[..., None, :, :]).sum(-2)\n"),
+)
+
+
+@pytest.mark.parametrize("case_name", ["compute_contiguous", "compute_zigzag", "compute_striped"])
+def test_attention_the_flop_counter_cannot_see_fails_the_compute_cases(case_name, lab, tmp_path):
+    """Scores and outputs as multiply-and-sum: right numbers, no matmul for the counter. The solution's ring
+    on top of it skips correctly, but its compute verdict would rest on nothing, so the case fails."""
+    source = (KIT / "solutions" / EX2).read_text()
+    for old, new in ELEMENTWISE:
+        assert old in source
+        source = source.replace(old, new)
+    sub = make_submission(tmp_path, {EX2: source})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
+    assert "the FLOP count does not match the work the output needed" in result.verdict.message
 
 
 def test_a_rank_holds_no_input_that_is_another_functions_answer(lab, tmp_path):

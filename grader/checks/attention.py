@@ -90,6 +90,8 @@ class DistributedAttention(Check):
         if verdict is None and self.mode == "memory":
             verdict = judge_memory(case, outcomes)
         verdict = verdict or judge_outputs(case, self.function, full, outcomes)
+        if verdict is None and self.mode == "compute":
+            verdict = judge_counted(case, outcomes)
         if verdict is None and self.mode == "backward":
             verdict = judge_gradients(case, self.function, full, outcomes)
         if verdict is None and self.mode == "causality":
@@ -432,6 +434,38 @@ def block_flops(case: Any) -> int:
 #: S = 2048): the solution 0.42-0.45, a ring that skips nothing 0.94-1.04 (python benchmarks/evidence.py). The FLOP counter runs in the rank
 #: and can be blinded; the CPU time cannot be made smaller than the work done.
 SKIP_RATIO = 0.7
+
+
+def visible_blocks(case: Any, i: int) -> float:
+    """The (query, key) pairs member i's queries may see, in blocks of (S/P)² pairs: the work no exact
+    attention can do without, whatever it skips. Under zigzag about P/2 per rank, contiguous i + 1/2."""
+    n = sizes(case)[2] // case.group_size
+    return float((member_positions(case, i) + 1).sum()) / (n * n)
+
+
+#: A rank's counted work below this share of visible_blocks: the counter missed the attention.
+UNSEEN = 0.9
+
+
+def judge_counted(case: Any, outcomes: list) -> Verdict | None:
+    """After the outputs were right: a rank whose counted work is below what its output needed means the
+    counter was bypassed (dispatch modes switched off, scores summed elementwise), so the compute verdict
+    above judged numbers that were not the work."""
+    blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in case.members]
+    text = ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(case.members, blocks))
+    for i, (r, b) in enumerate(zip(case.members, blocks)):
+        need = visible_blocks(case, i)
+        if b < UNSEEN * need:
+            # Every visible score is a product of a query and a key, so a correct output cost at least this
+            # many matmul FLOPs; fewer counted means they ran where the counter does not look.
+            return fail(Kind.RECORD_MISMATCH,
+                        f"the FLOP count does not match the work the output needed: rank {r} computed a correct "
+                        f"attention over {need:.2f} blocks of visible (query, key) pairs, but the counter saw "
+                        f"{b:.2f} blocks of matmuls (blocks per rank: {text})",
+                        hint="Compute scores with matmuls (q @ k.transpose(-2, -1)) and the output with "
+                             "probs @ v, with torch's dispatch left as it is: the grader counts the FLOPs of "
+                             "those ops.")
+    return None
 
 
 def judge_compute(case: Any, outcomes: list) -> Verdict | None:
