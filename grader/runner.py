@@ -97,6 +97,9 @@ class RankOutcome:
     # peer rank -> bytes this rank received from it (-1: not a rank); None where no kernel counted (torchrun)
     received: dict | None = None
     peak: int = 0                 # resident bytes above what the rank held when the call started
+    # bytes it received after the window closed, until every rank had answered: none, unless code in
+    # the rank said "E" early to move its communication out of the window
+    late: int = 0
     returned: bool = False        # the student's call returned (the rank may not have answered yet)
 
 
@@ -324,7 +327,7 @@ class RankPool:
             o = outcomes[r]
             o.cpu, o.busy = watch.cpu_used(r), watch.busy(r)
             o.returned = o.status == "ok" or r in watch.ended
-            o.received, o.peak = watch.received.get(r, {}), watch.peaks.get(r, 0)
+            o.received, o.peak, o.late = watch.received.get(r, {}), watch.peaks.get(r, 0), watch.late.get(r, 0)
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
             o.stderr = _tail(paths[r]["stderr"])
@@ -356,6 +359,7 @@ class _Watch:
         self._traffic0: sockets.Traffic = {}
         self._owners: dict[int, int] = {}
         self.received: dict[int, dict] = {}
+        self.late: dict[int, int] = {}
         self.peaks: dict[int, int] = {}
 
     def cpu_used(self, rank: int) -> float:
@@ -437,6 +441,15 @@ class _Watch:
                 self.stopped = "wall"
                 break
         self.seconds = time.monotonic() - (start if start is not None else sent)
+        if self.evidence and self.received and len(self.outcomes) == world:
+            self._after_window()
+
+    def _after_window(self) -> None:
+        """Once every rank answered, read the counters a last time: what arrived after a rank's window
+        closed is communication the verdict would not have seen."""
+        final = sockets.since(self._traffic(), self._traffic0)
+        for r, peers in self.received.items():
+            self.late[r] = max(0, sum(moved[1] for moved in final.get(r, {}).values()) - sum(peers.values()))
 
     def _go(self, ranks: list[int]) -> None:
         """Every rank waits at its start: open the evidence window (peak memory, socket counters), then go."""

@@ -134,6 +134,34 @@ def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
     assert "claims at least" in result.verdict.message
 
 
+# Code in the rank finds the worker's sync (its caller's frame), says "the call returned" at once, so the
+# grader closes its window on the kernel's counters, then silences the worker's own later "E" and the
+# in-rank record, and communicates: an all-gather the window never sees.
+EARLY_END = ("    import inspect, sys\n"
+             "    sync = next(f.frame.f_locals['sync'] for f in inspect.stack() if 'sync' in f.frame.f_locals)\n"
+             "    sync(b'E', b'F')\n"
+             "    def _silent():\n"
+             "        conn = nonce = None\n"
+             "        def quiet(say, wait_for):\n"
+             "            return conn, nonce\n"
+             "        return quiet\n"
+             "    sync.__code__ = _silent().__code__\n"
+             "    sys.modules['grader.instrument']._trace = None\n")
+
+
+def test_communication_after_a_forged_end_of_the_call_fails(lab, tmp_path):
+    """The window closes when a rank says its call returned; what it receives after that is caught."""
+    source = (KIT / "solutions" / EX3).read_text()
+    marker = "    ### BEGIN SOLUTION\n"
+    at = source.index(marker, source.index("def all_gather_kv_attention")) + len(marker)
+    sub = make_submission(tmp_path, {EX3: source[:at] + EARLY_END + source[at:]})
+    case = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
+    assert "after its call had told the grader it returned" in result.verdict.message
+
+
 BLIND = ('def ring_forward(q, k, v, scheme="contiguous", group=None):\n',
          'def ring_forward(q, k, v, scheme="contiguous", group=None):\n'
          '    from torch.utils._python_dispatch import _disable_current_modes\n'
