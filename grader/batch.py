@@ -28,9 +28,9 @@ temp file, then renamed); rerunning it grades what is missing.
 
 [How a worker starts]
 The batch has one server (grader.zygote), a fork of `python -m grader batch`
-made as it starts; every worker is a fork of it, and the worker's own rank server a fork of the worker,
-made before the worker imports anything of the grader's own. So a submission
-pays no torch import at all: 4 copies of solutions/ with --jobs 2 went from
+made as it starts. Every worker is a fork of that server, and the worker's
+rank server a fork of the worker, made before the worker imports anything of
+the grader's own. So a submission pays no torch import at all: 4 copies of solutions/ with --jobs 2 went from
 15.1 to 10.1 CPU-s per submission, 6.3 to 9.0 a minute
 (python benchmarks/batch_throughput.py --submissions 4 --jobs 2).
 
@@ -411,7 +411,7 @@ class _Worker:
         ended = self.handle.reaped()
         return os.waitstatus_to_exitcode(ended[-1][1]) if ended else None
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         if self.pid is not None:
             try:
                 os.kill(self.pid, sig)
@@ -420,9 +420,9 @@ class _Worker:
 
     def stop(self) -> None:
         """SIGTERM (the worker closes its rank pools), then SIGKILL after STOP_GRACE."""
-        self.signal(signal.SIGTERM)
+        self.send(signal.SIGTERM)
         if not self.handle.wait_gone(STOP_GRACE):
-            self.signal(signal.SIGKILL)
+            self.send(signal.SIGKILL)
             self.handle.wait_gone(STOP_GRACE)
         self.handle.close()
 

@@ -83,12 +83,14 @@ def _is_resource_tracker(pid: int) -> bool:
         return False
 
 
-def planted(function: str, code: str) -> str:
-    """ex1's solution with `code` run first in `function`'s body: a fault planted in a known-good file."""
-    start = EX1_SOLUTION.index(f"def {function}(")
-    marker = EX1_SOLUTION.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
+def planted(function: str, code: str, solution: str = "ex1_sequence_shard.py") -> str:
+    """A solution file (ex1's unless named) with `code` run first in `function`'s body: a fault planted in
+    a known-good file."""
+    source = (KIT / "solutions" / solution).read_text()
+    start = source.index(f"def {function}(")
+    marker = source.index("### BEGIN SOLUTION\n", start) + len("### BEGIN SOLUTION\n")
     lines = "".join(f"    {line}\n" for line in code.strip().splitlines())
-    return EX1_SOLUTION[:marker] + lines + EX1_SOLUTION[marker:]
+    return source[:marker] + lines + source[marker:]
 
 
 def marked(mark: str) -> list[int]:

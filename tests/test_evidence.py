@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import KIT, make_submission
+from conftest import KIT, make_submission, planted
 from grader.grading import Grader
 from grader.verdict import Kind
 from variants import Span, Variant, apply
@@ -114,22 +114,24 @@ def test_cheat_loses_every_multirank_case(cheat, graded, lab):
                for r in decisive)
 
 
-def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
-    """Lines written into the record for transfers that never happened are caught by the kernel's count."""
-    fake = ("    import sys\n"
-            "    rec = sys.modules['grader.instrument']._trace\n"
-            "    for _ in range(8):\n"
-            "        n = rec.next_call()\n"
-            "        rec.write({'call': n, 'op': 'all_gather', 'state': 'begin', 'group': None,\n"
-            "                   'tensors': [{'numel': 1 << 20, 'bytes': 4 << 20, 'shape': [1 << 20], 'dtype': 'float32'}]})\n"
-            "        rec.write({'call': n, 'state': 'end'})\n")
-    source = (KIT / "solutions" / EX3).read_text()
-    marker = "    ### BEGIN SOLUTION\n"
-    at = source.index(marker, source.index("def all_gather_kv_attention")) + len(marker)
-    sub = make_submission(tmp_path, {EX3: source[:at] + fake + source[at:]})
+def _ex3_forward_zigzag(code: str, lab, tmp_path):
+    """ex3's solution with `code` run first in all_gather_kv_attention, on its forward_zigzag case."""
+    sub = make_submission(tmp_path, {EX3: planted("all_gather_kv_attention", code, EX3)})
     case = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
     with Grader(sub, lab) as grader:
-        result = grader.run(case)
+        return grader.run(case)
+
+
+def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
+    """Lines written into the record for transfers that never happened are caught by the kernel's count."""
+    fake = ("import sys\n"
+            "rec = sys.modules['grader.instrument']._trace\n"
+            "for _ in range(8):\n"
+            "    n = rec.next_call()\n"
+            "    rec.write({'call': n, 'op': 'all_gather', 'state': 'begin', 'group': None,\n"
+            "               'tensors': [{'numel': 1 << 20, 'bytes': 4 << 20, 'shape': [1 << 20], 'dtype': 'float32'}]})\n"
+            "    rec.write({'call': n, 'state': 'end'})\n")
+    result = _ex3_forward_zigzag(fake, lab, tmp_path)
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "claims at least" in result.verdict.message
 
@@ -137,27 +139,21 @@ def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
 # Code in the rank finds the worker's sync (its caller's frame), says "the call returned" at once, so the
 # grader closes its window on the kernel's counters, then silences the worker's own later "E" and the
 # in-rank record, and communicates: an all-gather the window never sees.
-EARLY_END = ("    import inspect, sys\n"
-             "    sync = next(f.frame.f_locals['sync'] for f in inspect.stack() if 'sync' in f.frame.f_locals)\n"
-             "    sync(b'E', b'F')\n"
-             "    def _silent():\n"
-             "        conn = nonce = None\n"
-             "        def quiet(say, wait_for):\n"
-             "            return conn, nonce\n"
-             "        return quiet\n"
-             "    sync.__code__ = _silent().__code__\n"
-             "    sys.modules['grader.instrument']._trace = None\n")
+EARLY_END = ("import inspect, sys\n"
+             "sync = next(f.frame.f_locals['sync'] for f in inspect.stack() if 'sync' in f.frame.f_locals)\n"
+             "sync(b'E', b'F')\n"
+             "def _silent():\n"
+             "    conn = nonce = None\n"
+             "    def quiet(say, wait_for):\n"
+             "        return conn, nonce\n"
+             "    return quiet\n"
+             "sync.__code__ = _silent().__code__\n"
+             "sys.modules['grader.instrument']._trace = None\n")
 
 
 def test_communication_after_a_forged_end_of_the_call_fails(lab, tmp_path):
     """The window closes when a rank says its call returned; what it receives after that is caught."""
-    source = (KIT / "solutions" / EX3).read_text()
-    marker = "    ### BEGIN SOLUTION\n"
-    at = source.index(marker, source.index("def all_gather_kv_attention")) + len(marker)
-    sub = make_submission(tmp_path, {EX3: source[:at] + EARLY_END + source[at:]})
-    case = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _ex3_forward_zigzag(EARLY_END, lab, tmp_path)
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "after its call had told the grader it returned" in result.verdict.message
 

@@ -451,8 +451,7 @@ def judge_counted(case: Any, outcomes: list) -> Verdict | None:
     """After the outputs were right: a rank whose counted work is below what its output needed means the
     counter was bypassed (dispatch modes switched off, scores summed elementwise), so the compute verdict
     above judged numbers that were not the work."""
-    blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in case.members]
-    text = ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(case.members, blocks))
+    blocks, text = _counted_blocks(case, outcomes)
     for i, (r, b) in enumerate(zip(case.members, blocks)):
         need = visible_blocks(case, i)
         if b < UNSEEN * need:
@@ -468,11 +467,16 @@ def judge_counted(case: Any, outcomes: list) -> Verdict | None:
     return None
 
 
+def _counted_blocks(case: Any, outcomes: list) -> tuple[list[float], str]:
+    """Each member's counted FLOPs in full blocks, and the figures as the messages name them."""
+    blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in case.members]
+    return blocks, ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(case.members, blocks))
+
+
 def judge_compute(case: Any, outcomes: list) -> Verdict | None:
     ranks = case.members
     p = len(ranks)
-    blocks = [outcomes[r].payload.get("flops", 0) / block_flops(case) for r in ranks]
-    text = ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(ranks, blocks))
+    blocks, text = _counted_blocks(case, outcomes)
     if case.scheme == "contiguous":
         over = [(r, b) for i, (r, b) in enumerate(zip(ranks, blocks)) if b > (i + 1) * 1.05]
         skip_hint = ("Skip a block whose every key comes after every query: min(k_pos) > max(q_pos). It costs "
