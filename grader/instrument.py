@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -48,9 +48,8 @@ _trace: "Trace | None" = None
 class Trace:
     """One job's record: appended to a JSON-lines file, flushed per line."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self._file = open(path, "w", buffering=1)
+    def __init__(self, target: str | IO[str]):
+        self._file = open(target, "w", buffering=1) if isinstance(target, str) else target
         self._lock = threading.Lock()
         self.count = 0
 
@@ -67,9 +66,10 @@ class Trace:
         self._file.close()
 
 
-def start(path: str) -> None:
+def start(target: str | IO[str]) -> None:
+    """Record into a file: a path, or one open for writing (closed by `stop`)."""
     global _trace
-    _trace = Trace(path)
+    _trace = Trace(target)
 
 
 def stop() -> None:

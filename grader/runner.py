@@ -73,6 +73,7 @@ IDLE_DEMAND = 0.05
 WALL_MIN, WALL_FACTOR = 60.0, 4.0  # the outer wall-clock guard, after the start
 ERROR_GRACE = 2.0        # seconds the other ranks get to answer after one rank failed
 OUTPUT_CAP = 4000        # characters of a rank's stdout/stderr kept per case
+FILES = ("stdout", "stderr", "trace")  # per rank and case, in the order the rank takes them
 PG_TIMEOUT_MARGIN = 30.0  # torch's own collective timeout sits past our guards, so ours fire first
 POLL = 0.05
 
@@ -134,6 +135,7 @@ class RankPool:
         self.inner: dict[int, int] = {}  # pid inside the pool -> rank
         self.init = 0
         self.ready = False
+        self.store_port = 0  # rank 0's rendezvous store
         self.jobs_run = 0
         self._diag: socket.socket | None = None
         _live_pools.add(self)
@@ -199,6 +201,7 @@ class RankPool:
                             f"Make the kit and its virtual environment owned by root and not writable by "
                             f"others (chmod -R o-w), then grade again")
                     self.inner[hello["pid"]] = hello["rank"]
+                    self.store_port = hello.get("store_port") or self.store_port
                     pending.discard(r)
         for pid in sandbox_mod.children(self.init):
             inner = procfs.inner_pid(pid)
@@ -272,6 +275,18 @@ class RankPool:
                            f"case left running in them?); the case ran again on fresh ranks")
         return again
 
+    def _send(self, jobs: list[dict], paths: dict[int, dict[str, str]]) -> None:
+        """Each rank its job, then its case's files (FILES), as descriptors on the same pipe."""
+        for r, (conn, rank_job) in enumerate(zip(self.conns, jobs)):
+            conn.send(rank_job)
+            fds = [os.open(paths[r][k], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) for k in FILES]
+            try:
+                with socket.socket(fileno=os.dup(conn.fileno())) as pipe:
+                    socket.send_fds(pipe, [b"F"], fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
     def _attempt(self, job: dict, inputs: list[dict], budget: float, evidence: bool) -> RunOutcome:
         try:
             self.wait_ready()
@@ -281,32 +296,31 @@ class RankPool:
             self.launch()  # one retry: a pool that failed to start is the machine's hiccup, not the case's
             self.wait_ready()
         case_dir = self.workdir / f"case{self.jobs_run}-{secrets.token_hex(4)}"
-        sandbox_mod.prepare_case_dir(case_dir, self.sandbox)
+        sandbox_mod.prepare_case_dir(case_dir)
         self.jobs_run += 1
         nonce = secrets.token_hex(16)
-        paths = {r: {k: str(case_dir / f"{k}{r}") for k in ("trace", "stdout", "stderr")}
-                 for r in range(self.world_size)}
+        paths = {r: {k: str(case_dir / f"{k}{r}") for k in FILES} for r in range(self.world_size)}
         watch = _Watch(self, nonce, budget, evidence)
         jobs = []
         for r in range(self.world_size):
             buf = io.BytesIO()
             torch.save(inputs[r], buf)
+            # a sandboxed rank works in its own private /tmp; without one, in the case's folder
+            folder = f"/tmp/case{self.jobs_run}" if self.sandbox.active else str(case_dir / f"rank{r}")
             jobs.append({**job, "inputs": buf.getvalue(), "world_size": self.world_size, "nonce": nonce,
-                         "store_path": str(case_dir / "store"), "workdir": str(case_dir),
-                         "pg_timeout": budget * WALL_FACTOR + WALL_MIN + SETUP_TIMEOUT + PG_TIMEOUT_MARGIN,
-                         "trace_path": paths[r]["trace"], "stdout_path": paths[r]["stdout"],
-                         "stderr_path": paths[r]["stderr"]})
+                         "store_port": self.store_port, "workdir": folder,
+                         "pg_timeout": budget * WALL_FACTOR + WALL_MIN + SETUP_TIMEOUT + PG_TIMEOUT_MARGIN})
         try:
             try:
-                for conn, rank_job in zip(self.conns, jobs):
-                    conn.send(rank_job)
+                self._send(jobs, paths)
             except OSError:
                 # Ranks that died while idle (killed from outside, an interrupted notebook cell): no
                 # student code has run in this case yet, so fresh ranks take it.
                 self.recycle()
                 self.wait_ready()
-                for conn, rank_job in zip(self.conns, jobs):
-                    conn.send(rank_job)
+                for rank_job in jobs:
+                    rank_job["store_port"] = self.store_port
+                self._send(jobs, paths)
             watch.run()
         except BaseException:
             # Interrupted mid-case (Ctrl-C, pytest-timeout, a notebook cell past its timeout): ranks

@@ -4,16 +4,26 @@
 When the grader runs as root (Gradescope's run_autograder, a course server,
 CI), every pool of ranks gets:
   - its own PID namespace: init is PID 1, and when it dies the kernel kills
-    every process in it, however it detached (setsid, double fork);
+    every process in it, however it detached (setsid, double fork); its
+    /proc shows a rank no process but its own (hidepid);
   - its own network namespace with only loopback (gloo still works on it);
   - its own mount namespace, in which the kit's solutions/, tests/ and .git,
     the manifest, the original submission folder, the other submissions and
     the grader's parent-side modules (references, checks, judges) are covered
-    by empty mounts, and /tmp, /var/tmp and /dev/shm are small private tmpfs;
-  - a dedicated unprivileged uid (one per grading session, not in
-    /etc/passwd, used by no other process), with nothing writable but its
-    case directory and the private tmpfs;
+    by empty mounts;
   - per-rank limits: address space, open files, file size, processes.
+Every rank of it then gets more of its own, so that the ranks of one case
+can talk only through what the kernel counts (grader.sockets):
+  - its own unprivileged uid (from a block no process uses and /etc/passwd
+    does not name): no rank can signal, trace or read another;
+  - its own mount namespace, with /tmp, /var/tmp, /dev/shm and /run/lock
+    small private tmpfs, nothing else writable, and no /dev/ptmx;
+  - its own IPC namespace (System V shared memory, semaphores and message
+    queues, POSIX message queues);
+  - a seccomp filter: socket() makes only TCP sockets and the netlink route
+    socket getaddrinfo asks; no Unix, UDP or raw socket, and no io_uring.
+The rendezvous store is a TCP store served by rank 0 (grader.worker), so its
+traffic is counted like any other.
 Without root none of this is possible: ranks run as the grading user, which
 is fine for a student's self-check (the student can only attack
 themselves), and the grader says so once.
@@ -26,6 +36,7 @@ import os
 import random
 import resource
 import signal
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,8 +52,11 @@ RANK_MODULES = ("__init__.py", "__main__.py", "worker.py", "adapter.py", "instru
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWIPC = 0x08000000
 UID_RANGE = (1_000_000, 2_000_000)
-TMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")  # each a private tmpfs in the sandbox
+MAX_RANKS = 64  # rank r of every pool runs as the session's uid + r
+TMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # each a private tmpfs of every rank
+DEVICES = ("/dev/ptmx",)  # a pseudo-terminal another rank could open: covered
 
 
 @dataclass
@@ -63,7 +77,7 @@ class Sandbox:
 
     active: bool
     reason: str = ""
-    uid: int = -1
+    uid: int = -1  # the first of MAX_RANKS free uids
     workdir: str = ""
     hide: list[str] = field(default_factory=list)
     reach: dict[str, list[str]] = field(default_factory=dict)
@@ -82,7 +96,7 @@ def plan(workdir: Path, hide: list[Path] = ()) -> Sandbox:
     secret += [p for p in (KIT_ROOT / "grader").iterdir()
                if p.name not in RANK_MODULES and p.name != "__pycache__"]
     paths = [str(p.resolve()) for p in [*secret, *hide] if p.exists()]
-    return Sandbox(True, uid=_free_uid(), workdir=str(workdir), hide=sorted(set(paths)), reach=_reach())
+    return Sandbox(True, uid=_free_uids(), workdir=str(workdir), hide=sorted(set(paths)), reach=_reach())
 
 
 def _reach() -> dict[str, list[str]]:
@@ -106,10 +120,9 @@ def _reach() -> dict[str, list[str]]:
     return {a: sorted(paths) for a, paths in covers.items()}
 
 
-def _free_uid() -> int:
-    """A uid no process uses and /etc/passwd does not name: nothing on the machine belongs to it."""
-    import pwd
-
+def _free_uids() -> int:
+    """The first of MAX_RANKS uids no process uses and /etc/passwd does not name: nothing on the machine
+    belongs to them."""
     used = set()
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -117,12 +130,20 @@ def _free_uid() -> int:
         except OSError:
             pass
     while True:
-        uid = random.randrange(*UID_RANGE)
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            if uid not in used:
-                return uid
+        first = random.randrange(*UID_RANGE)
+        block = range(first, first + MAX_RANKS)
+        if used.isdisjoint(block) and all(_unnamed(uid) for uid in block):
+            return first
+
+
+def _unnamed(uid: int) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
 
 
 # --- in the pool's processes ----------------------------------------------------------------------
@@ -151,14 +172,33 @@ def enter(settings: dict) -> None:
     _own_tcp_table()
     _mount("", "/", None, MS_REC | MS_PRIVATE)
     _loopback_up()
-    workdir = settings["workdir"]
-    size = settings["limits"]["tmpfs"]
-    # The run's own folder sits under /tmp, which gets a private tmpfs: it is bound back in.
-    covers = {tmp: f"size={size},mode=1777" for tmp in TMP_FOLDERS if os.path.isdir(tmp)}
-    back = [workdir] if workdir.startswith("/tmp/") else []
+    covers, back = _private_tmp(settings)
     for folder, paths in settings["reach"].items():
         covers.setdefault(folder, "size=64k,mode=755")
         back += paths
+    _cover(covers, back)
+    empty_file = os.path.join(settings["workdir"], ".hidden")
+    for path in settings["hide"]:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=000")
+        elif os.path.exists(path):
+            _mount(empty_file, path, None, MS_BIND)
+    for device in DEVICES:
+        if os.path.exists(device):
+            _mount(empty_file, device, None, MS_BIND)
+
+
+def _private_tmp(settings: dict) -> tuple[dict[str, str], list[str]]:
+    """The tmp folders to cover with a fresh tmpfs, and what must be bound back into them: the run's own
+    folder (under /tmp) and whatever a rank must read there (a checkout made by mktemp -d)."""
+    size = settings["limits"]["tmpfs"]
+    covers = {tmp: f"size={size},mode=1777" for tmp in TMP_FOLDERS if os.path.isdir(tmp) and not os.path.islink(tmp)}
+    inside = [settings["workdir"], *(p for paths in settings["reach"].values() for p in paths)]
+    return covers, [p for p in inside if any(p.startswith(tmp + "/") for tmp in covers)]
+
+
+def _cover(covers: dict[str, str], back: list[str]) -> None:
+    """Mount a tmpfs (with its options) on each folder of `covers`, then bind `back` in again."""
     # Opened before anything is covered: these are bound back in from the descriptors afterwards.
     kept = [(p, os.open(p, os.O_RDONLY | os.O_DIRECTORY)) for p in sorted(set(back), key=len) if os.path.isdir(p)]
     covered: list[str] = []
@@ -172,12 +212,6 @@ def enter(settings: dict) -> None:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
         os.close(fd)
-    empty_file = os.path.join(workdir, ".hidden")
-    for path in settings["hide"]:
-        if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=000")
-        elif os.path.exists(path):
-            _mount(empty_file, path, None, MS_BIND)
 
 
 def _own_tcp_table() -> None:
@@ -213,7 +247,8 @@ def become_init() -> None:
     """In init: adopt every orphan of the pool (it is PID 1 of a namespace, or a subreaper without one)."""
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if os.getpid() == 1:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # hidepid: a rank's /proc lists its own processes only (the ranks have a uid each)
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
 
 
 def audit(settings: dict) -> list[str]:
@@ -240,10 +275,15 @@ def audit(settings: dict) -> list[str]:
     return exposed
 
 
-def confine(settings: dict) -> None:
-    """In a rank, before any student code: limits, then the sandbox uid (for good: no way back)."""
+def confine(settings: dict, rank: int) -> None:
+    """In a rank, before any student code: its own namespaces and tmp, limits, the socket filter, then its
+    own uid (for good: no way back)."""
     if not settings["active"]:
         return
+    if not 0 <= rank < MAX_RANKS:
+        raise ValueError(f"a sandbox has uids for {MAX_RANKS} ranks, not rank {rank}")
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    _cover(*_private_tmp(settings))
     os.environ.update(HOME="/tmp", TMPDIR="/tmp", GLOO_SOCKET_IFNAME="lo")
     limits = settings["limits"]
     mapped = _mapped_bytes()
@@ -253,10 +293,59 @@ def confine(settings: dict) -> None:
                          (resource.RLIMIT_NPROC, limits["processes"]),
                          (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(which, (value, value))
-    uid = settings["uid"]
+    _filter_sockets()
+    uid = settings["uid"] + rank
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+
+
+# seccomp (linux/seccomp.h, linux/filter.h): a classic BPF program over struct seccomp_data
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+LD_W_ABS, JEQ_K, JGE_K, AND_K, RET_K = 0x20, 0x15, 0x35, 0x54, 0x06
+# machine: (AUDIT_ARCH_*, __NR_socket, __NR_io_uring_setup)
+SYSCALLS = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}
+X32_BIT = 0x40000000
+
+
+def _filter_sockets() -> None:
+    """Let socket() make TCP sockets (counted per connection by the kernel) and the netlink route socket
+    that getaddrinfo opens, nothing else: a Unix socket (abstract names are shared by the pool's network
+    namespace), UDP or raw socket would carry bytes between ranks that no counter sees. io_uring, which
+    makes sockets without socket(), is refused too; so is every call of another ABI (x32, i386)."""
+    import errno
+    import platform
+
+    machine = platform.machine()
+    if machine not in SYSCALLS:
+        raise OSError(f"the sandbox has no socket filter for {machine}")
+    arch, nr_socket, nr_io_uring = SYSCALLS[machine]
+    AF_INET, AF_INET6, AF_NETLINK, SOCK_STREAM, SOCK_TYPE_MASK = 2, 10, 16, 1, 0xF
+    # (code, k, where to go if true, if false): a label, or None for the next instruction
+    program = [
+        ("arch", LD_W_ABS, 4, None, None), (None, JEQ_K, arch, None, "deny"),
+        (None, LD_W_ABS, 0, None, None), (None, JGE_K, X32_BIT, "deny", None),
+        (None, JEQ_K, nr_io_uring, "deny", None), (None, JEQ_K, nr_socket, None, "allow"),
+        (None, LD_W_ABS, 16, None, None),  # args[0], the domain
+        (None, JEQ_K, AF_INET, "inet", None), (None, JEQ_K, AF_INET6, "inet", None),
+        (None, JEQ_K, AF_NETLINK, "netlink", "deny"),
+        ("inet", LD_W_ABS, 24, None, None), (None, AND_K, SOCK_TYPE_MASK, None, None),
+        (None, JEQ_K, SOCK_STREAM, None, "deny"),
+        (None, LD_W_ABS, 32, None, None), (None, JEQ_K, 0, "allow", None), (None, JEQ_K, 6, "allow", "deny"),
+        ("netlink", LD_W_ABS, 32, None, None), (None, JEQ_K, 0, "allow", "deny"),  # NETLINK_ROUTE only
+        ("allow", RET_K, SECCOMP_RET_ALLOW, None, None),
+        ("deny", RET_K, SECCOMP_RET_ERRNO | errno.EACCES, None, None),
+    ]
+    at = {label: i for i, (label, *_) in enumerate(program) if label}
+    jump = lambda i, target: 0 if target is None else at[target] - i - 1  # noqa: E731
+    code = b"".join(struct.pack("=HBBI", op, jump(i, yes) if op in (JEQ_K, JGE_K) else 0,
+                                jump(i, no) if op in (JEQ_K, JGE_K) else 0, k)
+                    for i, (_, op, k, yes, no) in enumerate(program))
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("=HxxxxxxQ", len(program), ctypes.addressof(buf))
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(fprog), 0, 0), "seccomp")
 
 
 def _mapped_bytes() -> int:
@@ -312,11 +401,10 @@ def kill_descendants(pid: int, keep: set[int] = frozenset(), rounds: int = 50) -
     return killed
 
 
-def prepare_case_dir(path: Path, settings: Sandbox) -> None:
-    """A case folder the sandbox uid owns and nobody else can read."""
+def prepare_case_dir(path: Path) -> None:
+    """A case folder for the grader's files of the case (captured output, traces): no rank opens it by name.
+    Its ranks get their files as descriptors."""
     path.mkdir(mode=0o700)
-    if settings.active:
-        os.chown(path, settings.uid, settings.uid)
 
 
 def prepare_workdir(path: Path, settings: Sandbox) -> None:

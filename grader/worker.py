@@ -4,9 +4,12 @@
 The zygote forks P of these per pool (grader.zygote); they serve case after
 case of one submission. A rank first confines itself (grader.sandbox: limits,
 then the sandbox uid), then for each job:
-  1. points fd 1 and 2 at this case's capture files,
-  2. joins a new process group (FileStore in the case's folder: no port to
-     collide on) and starts the live trace,
+  1. points fd 1 and 2 at this case's capture files and works in a folder of
+     its own (the grader sends the files as descriptors: no rank can open
+     another's by name),
+  2. joins a new process group and starts the live trace. The rendezvous
+     store is a TCP store that rank 0 serves for the pool's life (a prefix
+     per case), so what moves through it is counted like any other traffic,
   3. tells the grader it is ready to start and waits for it: the case's
      budget counts from here (starting ranks, joining the group never spend
      it), and the grader opens its evidence window (socket counters, peak
@@ -22,7 +25,7 @@ then the sandbox uid), then for each job:
      the line it came from.
 
 [Messages up the pipe] one byte of kind, then its body:
-  R {"rank", "pid"}  ready, once, before any student code;
+  R {"rank", "pid", "store_port"}  ready, once, before any student code;
   S nonce            about to start the case (the grader replies G nonce);
   E nonce            the call returned (the grader replies F nonce);
   A nonce + bytes    the answer (torch.save of {"status", ...}).
@@ -32,15 +35,18 @@ size, checks the nonce and believes the first answer only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
 import os
+import shutil
+import socket
 import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 KIT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,13 +101,50 @@ def pack(value: Any, depth: int = 0) -> Any:
     return {"__not_a_tensor__": type(value).__name__, "repr": repr(value)[:200]}
 
 
-def _redirect(path: str, fd: int) -> None:
-    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(f, fd)
-    os.close(f)
+_store: Any = None  # the pool's rendezvous store: rank 0 serves it, the others connect on their first job
+STORE_HOST = "127.0.0.1"
 
 
-def _run_job(job: dict, rank: int, sync: Any) -> dict:
+def _serve_store(rank: int) -> int | None:
+    """Rank 0 starts the pool's store server (in a thread of its own); returns its port."""
+    global _store
+    if rank != 0:
+        return None
+    import torch.distributed as dist
+
+    with _no_stderr():
+        _store = dist.TCPStore(STORE_HOST, 0, is_master=True, wait_for_workers=False)
+    return _store.port
+
+
+@contextlib.contextmanager
+def _no_stderr() -> Iterator[None]:
+    """c10d warns on every store connection that it cannot name the peer: the name lookup needs a DNS the
+    sandbox does not let a rank reach. Nothing a student should read in their case's output."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _case_store(job: dict) -> Any:
+    import torch.distributed as dist
+
+    global _store
+    timeout = datetime.timedelta(seconds=job["pg_timeout"])
+    if _store is None:
+        with _no_stderr():
+            _store = dist.TCPStore(STORE_HOST, job["store_port"], is_master=False, timeout=timeout)
+    _store.set_timeout(timeout)
+    return dist.PrefixStore(f"{job['nonce']}/", _store)
+
+
+def _run_job(job: dict, rank: int, sync: Any, trace: Any) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -114,11 +157,10 @@ def _run_job(job: dict, rank: int, sync: Any) -> dict:
     device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    store = dist.FileStore(job["store_path"], world)
     timeout = datetime.timedelta(seconds=job["pg_timeout"])
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    dist.init_process_group(backend, store=_case_store(job), rank=rank, world_size=world, timeout=timeout)
     submission = Submission(job["submission"], job["modules"])
-    instrument.start(job["trace_path"])
+    instrument.start(trace)
     try:
         group, group_rank, group_size = None, rank, world
         if job["group"]:
@@ -202,13 +244,16 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
 
     from grader import adapter, instrument, sandbox
 
-    sandbox.confine(settings["sandbox"])
+    sandbox.confine(settings["sandbox"], rank)
     instrument.install()
     adapter.isolate(KIT_ROOT)
     torch.set_num_threads(1)
     _steady_memory()
-    hello = {"rank": rank, "pid": os.getpid(), "exposed": sandbox.audit(settings["sandbox"])}
+    hello = {"rank": rank, "pid": os.getpid(), "exposed": sandbox.audit(settings["sandbox"]),
+             "store_port": _serve_store(rank)}
     conn.send_bytes(b"R" + json.dumps(hello).encode())
+    files = socket.socket(fileno=os.dup(conn.fileno()))  # the same pipe, read for the descriptors it carries
+    folder = None
     while True:
         try:
             job = conn.recv()
@@ -217,13 +262,19 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
         if job is None:
             _leave_group()
             return
-        os.chdir(job["workdir"])
+        _, (stdout, stderr, trace), _, _ = socket.recv_fds(files, 1, 3)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder = job["workdir"]
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.chdir(folder)
         # a student's torch.compile caches here, and the case's folder goes with the case
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(job["workdir"], "torch-cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "torch-cache")
         sys.stdout.flush()
         sys.stderr.flush()
-        _redirect(job["stdout_path"], 1)
-        _redirect(job["stderr_path"], 2)
+        for fd, target in ((stdout, 1), (stderr, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
         try:
             nonce = job["nonce"].encode()
 
@@ -233,7 +284,8 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
                 if conn.recv_bytes(64) != wait_for + nonce:
                     raise RuntimeError(f"the grader's reply to {say!r} was not {wait_for!r}")
 
-            result = _run_job(job, rank, sync)
+            with open(trace, "w", buffering=1) as trace_file:
+                result = _run_job(job, rank, sync, trace_file)
         except BaseException:
             result = {"status": "grader_error", "message": traceback.format_exc()[-2000:]}
         sys.stdout.flush()

@@ -23,6 +23,14 @@ EX2, EX3, EX4, EX5 = ("ex2_blockwise_attention.py", "ex3_allgather_attention.py"
 HIDDEN_GATHER = ("    cur = torch.stack((k, v))  # (2, B, H, S/P, D): K and V travel as one message\n"
                  "    nxt = torch.empty_like(cur)\n")
 
+# the ring's merge step, fed from a hidden copy of every rank's (K, V) block instead of the ring's own
+CHEATS_RING_MERGE = ("            out_rows, lse_rows = merge_attention(",
+                     "            blk_out, blk_lse = attention_with_lse(\n"
+                     "                q_c[:, :, q_start:], blocks[(rank - step) % world_size][0, :, :, :k_stop],\n"
+                     "                blocks[(rank - step) % world_size][1, :, :, :k_stop],\n"
+                     "                q_pos_dev[q_start:], k_pos[:k_stop].to(q.device))\n"
+                     "            out_rows, lse_rows = merge_attention(")
+
 CHEATS = [
     Variant(
         "ex5_cheat_unrecorded_allgather", EX5,
@@ -32,12 +40,7 @@ CHEATS = [
           HIDDEN_GATHER +
           "    blocks = [torch.empty_like(cur) for _ in range(world_size)]\n"
           "    getattr(dist.all_gather, '__wrapped__', dist.all_gather)(blocks, cur, group=group)\n"),
-         ("            out_rows, lse_rows = merge_attention(",
-          "            blk_out, blk_lse = attention_with_lse(\n"
-          "                q_c[:, :, q_start:], blocks[(rank - step) % world_size][0, :, :, :k_stop],\n"
-          "                blocks[(rank - step) % world_size][1, :, :, :k_stop],\n"
-          "                q_pos_dev[q_start:], k_pos[:k_stop].to(q.device))\n"
-          "            out_rows, lse_rows = merge_attention(")],
+         CHEATS_RING_MERGE],
     ),
     Variant(
         "ex5_cheat_record_switched_off", EX5,
@@ -51,6 +54,23 @@ CHEATS = [
           "    blocks = [torch.empty_like(cur) for _ in range(world_size)]\n"
           "    dist.all_gather(blocks, cur, group=group)\n"
           "    rec._trace = saved\n")],
+    ),
+    Variant(
+        "ex5_cheat_store_allgather", EX5,
+        "K/V all-gathered through the rendezvous store (set this rank's block, get every other), then the "
+        "dummy ring of cheat one for the record",
+        [(HIDDEN_GATHER,
+          HIDDEN_GATHER +
+          "    import io\n"
+          "    store = dist.distributed_c10d._get_default_store()\n"
+          "    me = dist.get_rank()\n"
+          "    tag = store.add(f'calls{me}', 1)  # every member counts its own calls: the same number on all\n"
+          "    buf = io.BytesIO()\n"
+          "    torch.save(cur.cpu(), buf)\n"
+          "    store.set(f'kv{tag}-{me}', buf.getvalue())\n"
+          "    members = dist.get_process_group_ranks(group or dist.group.WORLD)\n"
+          "    blocks = [torch.load(io.BytesIO(store.get(f'kv{tag}-{g}'))).to(cur.device) for g in members]\n"),
+         CHEATS_RING_MERGE],
     ),
     Variant(
         "ex4_cheat_pg_allgather_dummy_alltoall", EX4,

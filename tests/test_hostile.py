@@ -40,7 +40,7 @@ OUTSIDE = Path("/tmp") / f"cplab-hostile-{uuid.uuid4().hex}"
 
 def attacks(kit: Path) -> dict[str, tuple[str, Kind | None, str]]:
     """name: (code run first in gather_sequence, kind of the failed case or None when the case may pass,
-    text), aimed at the kit in `kit`."""
+    text), aimed at the kit in `kit`. The code runs in ex1's module: `torch` and `dist` are its own."""
     return {
         "read_solutions": (f"open({str(kit / 'solutions' / 'ex1_sequence_shard.py')!r}).read()",
                            Kind.EXCEPTION, HIDDEN),
@@ -69,6 +69,42 @@ def attacks(kit: Path) -> dict[str, tuple[str, Kind | None, str]]:
                     Kind.LIMIT, "processes limit"),
         "huge_answer": ("return torch.zeros(10 << 20, dtype=torch.float64)", Kind.LIMIT, "MiB"),
         "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", Kind.EXCEPTION, "PermissionError"),
+        # Channels between the ranks of one case that no counter of the kernel sees: each must be closed.
+        "tmp_channel": ("import os\n"
+                        "names = [os.path.join(d, 'cplab-channel') for d in ('/tmp', '/var/tmp', '/dev/shm', "
+                        "'/run/lock', '.') if os.path.isdir(d)]\n"
+                        "if dist.get_rank() == 1:\n"
+                        "    for n in names:\n"
+                        "        open(n, 'w').write('k/v')\n"
+                        "        os.chmod(n, 0o666)\n"
+                        "dist.barrier()\n"
+                        "seen = [n for n in names if os.path.exists(n)] if dist.get_rank() == 0 else []\n"
+                        "if seen:\n    raise RuntimeError(f'rank 1 reached rank 0 through {seen}')", None, ""),
+        "sysv_shm": ("import ctypes\n"
+                     "libc = ctypes.CDLL(None, use_errno=True)\n"
+                     "if dist.get_rank() == 1:\n"
+                     "    assert libc.shmget(0x5C1AB, 4096, 0o1666) != -1  # IPC_CREAT, rw for all\n"
+                     "dist.barrier()\n"
+                     "if dist.get_rank() == 0 and libc.shmget(0x5C1AB, 0, 0) != -1:\n"
+                     "    raise RuntimeError('rank 1 reached rank 0 through System V shared memory')", None, ""),
+        "one_uid_each": ("import os\n"
+                         "uids = [None] * dist.get_world_size()\n"
+                         "dist.all_gather_object(uids, os.getuid())\n"
+                         "if len(set(uids)) != len(uids):\n    raise RuntimeError(f'ranks share uids: {uids}')",
+                         None, ""),
+        "see_peers": ("import os\n"
+                      "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+                      "    try:\n"
+                      "        owner = os.stat(f'/proc/{p}').st_uid\n"
+                      "    except FileNotFoundError:\n"
+                      "        continue\n"
+                      "    if owner != os.getuid():\n"
+                      "        raise RuntimeError(f'the rank sees process {p} of uid {owner}')", None, ""),
+        "unix_socket": ("import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                        "s.bind('\\0cplab-channel')", Kind.EXCEPTION, "PermissionError"),
+        "udp_socket": ("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'k/v', "
+                       "('127.0.0.1', 9))", Kind.EXCEPTION, "PermissionError"),
+        "pty": ("open('/dev/ptmx', 'rb')", Kind.EXCEPTION, "PermissionError"),
         "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
                    f"        time.sleep(3)\n        open({str(OUTSIDE)!r}, 'w').write('late')\n"
                    "    os._exit(0)\nos.wait()", None, ""),
@@ -82,11 +118,14 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _uid_processes(uid: int) -> list[int]:
+def _uid_processes(first: int) -> list[int]:
+    """Live processes of the sandbox's uids (one per rank, from `first`)."""
+    from grader.sandbox import MAX_RANKS
+
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.stat(f"/proc/{entry}").st_uid == uid:
+            if first <= os.stat(f"/proc/{entry}").st_uid < first + MAX_RANKS:
                 found.append(int(entry))
         except OSError:
             pass
@@ -190,7 +229,8 @@ def attacker(kit: Path, results: Path) -> str:
     """ex1's solution with every attack on the kit in `kit` planted, plus two aimed at `results` (the file
     the front writes): one at once, one from a daemon after the grader is done."""
     forge = json.dumps({"score": 999, "tests": []})
-    # one function now holds every attack: a local `import torch` would shadow the module's everywhere in it
+    # one function now holds every attack: a local `import torch` would shadow the module's everywhere in
+    # it (the attacks use the module's own `torch` and `dist`)
     code = {name: c.replace("import torch\n", "") for name, (c, _, _) in attacks(kit).items()}
     branches = [f"if x_local.shape[-1] == {i + 1}:  # {name}\n" + textwrap.indent(code[name], "    ")
                 for i, name in enumerate(sorted(ATTACKS))]
