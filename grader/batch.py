@@ -310,7 +310,10 @@ def failed_results(reason: str, maxima: dict[str, float], seconds: float, finger
 
 
 def _leave(signum: int, frame: Any) -> None:
-    # SystemExit unwinds through grading.grade, whose Grader closes the rank pools
+    # SystemExit unwinds through grading.grade, whose Grader closes the rank pools. The batch SIGKILLs a
+    # worker STOP_GRACE after its SIGTERM; when the batch itself was killed nobody would, and a cleanup that
+    # hangs would outlive it: the kernel's alarm (SIGALRM, whose default action ends the process) does it.
+    signal.alarm(max(1, round(STOP_GRACE)))
     sys.exit(128 + signum)
 
 

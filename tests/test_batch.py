@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -193,6 +194,24 @@ def test_sigterm_stops_the_batch_and_records_nothing_half_done(lab_dir, tmp_path
     assert left_behind(mark, tmp_path / "tmp") == []
     # the submission in flight is not a failure: it has no results, so the next run grades it
     assert list((out / "results").iterdir()) == [] and not (out / "grades.csv").exists()
+
+
+def test_a_stopped_worker_whose_cleanup_hangs_still_ends():
+    """A worker whose batch was SIGKILLed gets SIGTERM and nobody's SIGKILL after it: if closing its pools
+    hangs, it must still end (and take its rank server with it) instead of outliving the batch."""
+    code = ("import os, signal, time\n"
+            "from grader import batch\n"
+            "batch.STOP_GRACE = 1.0\n"
+            "signal.signal(signal.SIGTERM, batch._leave)\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(5)\n"
+            "finally:\n"
+            "    time.sleep(60)  # a cleanup that never returns\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=KIT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGALRM, proc.stderr
+    assert time.monotonic() - start < 30
 
 
 def test_plan_regrades_only_what_changed(lab_dir, reference):
