@@ -34,18 +34,26 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", default=None, help=MANIFEST_HELP)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; only `command`'s module is imported and configured (None: all of them).
+
+    A command module may import torch, which takes seconds: `--help`, `release` or a mistyped command
+    should not wait for it.
+    """
     p = argparse.ArgumentParser(prog="python -m grader", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).configure(sp)
+        if command in (None, name):
+            importlib.import_module(module).configure(sp)
         sp.set_defaults(module=module)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")  # "": no command module to import
+    args = parser(command).parse_args(argv)
     return importlib.import_module(args.module).run(args)
 
 
