@@ -30,6 +30,11 @@ def ex1_manifest(cases: str, *, timeout: int = 30, extra: str = "") -> str:
             "    cases:\n" + textwrap.indent(textwrap.dedent(cases), " " * 6))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked long go first: under `-n 2 --dist worksteal` the other worker takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def lab():
     return manifest_mod.load()

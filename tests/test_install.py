@@ -65,5 +65,6 @@ def test_ci_installs_what_the_whole_suite_needs_and_the_readme_says_so():
     cpu = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
     install, test = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
     assert cpu in install and install.endswith('pip install -e ".[instructor]"') and test.startswith("python -m pytest")
+    assert test.split("#")[0].strip() in ci.splitlines(), "CI does not run the README's test command"
     student = next(block for block in readme.split("```bash\n")[2:] if "pip install" in block.split("```")[0])
     assert cpu in student and student.split("```")[0].strip().endswith("pip install -e .")
