@@ -148,6 +148,7 @@ class Grader:
         self.staged = self.runner.stage(self.directory, self.modules)
         # (exercise, bonus, kind) -> labels of the cases that stopped so, in the order they ran
         self._faults: dict[tuple[str, bool, Kind], list[str]] = {}
+        self._prechecked: dict[str, Verdict | None] = {}
 
     def run(self, case: Case) -> CaseResult:
         start = time.monotonic()
@@ -180,9 +181,11 @@ class Grader:
         return result
 
     def _attempt(self, case: Case, exercise: Exercise) -> CaseResult:
-        verdict = _precheck(case, exercise, self.directory)
+        if exercise.id not in self._prechecked:  # once per exercise: the file cannot change while it is graded
+            self._prechecked[exercise.id] = _precheck(case, exercise, self.directory)
+        verdict = self._prechecked[exercise.id]
         if verdict:
-            return CaseResult(case, verdict)
+            return CaseResult(case, dataclasses.replace(verdict))
         check = checks.get(case.exercise, case.check)
         backend, skip = backend_for(case, self.backend)
         if skip:

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from grader import instrument, procfs, sandbox as sandbox_mod, sockets, zygote as zygote_mod
+from grader import instrument, procfs, sandbox as sandbox_mod, sockets, worker as worker_mod, zygote as zygote_mod
 from grader.sandbox import Sandbox
 
 STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
@@ -75,7 +75,11 @@ ERROR_GRACE = 2.0        # seconds the other ranks get to answer after one rank 
 OUTPUT_CAP = 4000        # characters of a rank's stdout/stderr kept per case
 FILES = ("stdout", "stderr", "trace")  # per rank and case, in the order the rank takes them
 PG_TIMEOUT_MARGIN = 30.0  # torch's own collective timeout sits past our guards, so ours fire first
-POLL = 0.05
+POLL = 0.05    # seconds the watch waits for a message before it looks at the clock
+# Seconds between the watch's readings of the ranks' CPU in /proc (two files per thread: a P=8 pool
+# is about 160 reads). Read every POLL, they were about 1 of the 8 CPU-seconds the grader itself
+# spends on a full grade; the verdicts they serve (budget, idle) come after seconds, not milliseconds.
+SAMPLE = 0.2
 
 _live_pools: "weakref.WeakSet[RankPool]" = weakref.WeakSet()
 
@@ -287,6 +291,14 @@ class RankPool:
                 for fd in fds:
                     os.close(fd)
 
+    def _leave(self) -> None:
+        """Every rank answered: they may all leave the case's group now, while the grader judges."""
+        for conn in self.conns:
+            try:
+                conn.send(worker_mod.LEAVE)
+            except OSError:
+                pass  # a rank gone now is found, and replaced, when the next job is sent
+
     def _attempt(self, job: dict, inputs: list[dict], budget: float, evidence: bool) -> RunOutcome:
         try:
             self.wait_ready()
@@ -333,7 +345,9 @@ class RankPool:
             strays = sandbox_mod.kill_descendants(self.init, keep=set(self.pids.values()))
             if strays:
                 watch.notes.append(f"{strays} process(es) the case started were still running and were killed")
-        if not clean:
+        if clean:
+            self._leave()
+        else:
             self.kill()
         for r in range(self.world_size):
             if r not in outcomes:
@@ -423,7 +437,7 @@ class _Watch:
             now = time.monotonic()
             if start is None:
                 if all(r in self.started for r in running):
-                    start = now
+                    start = checked = now
                     self._go(running)
                 elif now - sent > SETUP_TIMEOUT:
                     self.stopped = "setup"
@@ -433,8 +447,8 @@ class _Watch:
             if all(r in self.ended for r in running) and self.ended - self.received.keys():
                 self._end(running)
                 continue
-            # every rank's message wakes the loop: the kernel's counts are read at most once a POLL
-            if now - checked < POLL:
+            # every rank's message wakes the loop: the kernel's counts are read at most once a SAMPLE
+            if now - checked < SAMPLE:
                 continue
             checked = now
             samples = {r: procfs.sample(pool.pids[r]) for r in running}
