@@ -61,9 +61,17 @@ class Flops(_Probe):
             if out is not NotImplemented:
                 return out
         out = func(*args, **kwargs)
-        if packet in FORMULAS:
+        if packet in FORMULAS and _computed(args, kwargs):
             self.total += int(FORMULAS[packet](*args, **kwargs, out_val=out))
         return out
+
+
+def _computed(args: tuple, kwargs: dict) -> bool:
+    """Whether the op really computed: every tensor a plain one with its data on a device. A formula reads
+    only shapes, so a matmul of meta tensors (no data) or of a subclass that claims a shape it does not
+    hold would otherwise add FLOPs that cost nothing."""
+    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type != "meta" for t in tensors)
 
 
 class LiveBytes(_Probe):

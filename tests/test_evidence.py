@@ -233,6 +233,23 @@ def test_attention_the_flop_counter_cannot_see_fails_the_compute_cases(case_name
     assert "the FLOP count does not match the work the output needed" in result.verdict.message
 
 
+def test_matmul_receipts_on_meta_tensors_do_not_stand_for_the_work(lab, tmp_path):
+    """The attention as multiply-and-sum, plus matmuls of the same shapes on meta tensors (no data, no
+    work) for the counter to see: FLOPs are a formula of shapes, so they must count only where an op
+    computed. The case fails as if the receipts were not there."""
+    source = (KIT / "solutions" / EX2).read_text()
+    receipts = ("    q.to('meta') @ k.to('meta').transpose(-2, -1)  # for the counter\n",
+                "    weights.to('meta') @ v.to('meta')  # for the counter\n")
+    for (old, new), receipt in zip(ELEMENTWISE, receipts):
+        source = source.replace(old, new + receipt)
+    sub = make_submission(tmp_path, {EX2: source})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_zigzag")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
+    assert "the counter saw 0.00 blocks of matmuls" in result.verdict.message, result.verdict.message
+
+
 def test_a_rank_holds_no_input_that_is_another_functions_answer(lab, tmp_path):
     """ex4's layout case: seq_to_head and head_to_seq start from different tensors, so returning the other
     input found up the call stack is wrong, not full marks."""

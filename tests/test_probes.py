@@ -55,6 +55,30 @@ def test_fused_sdpa_on_the_cpu_counts_as_its_matmuls(backward):
     assert _flops(_fused, backward, _ours) == _flops(_explicit, backward, _torchs) + recomputed
 
 
+class _Claims(torch.Tensor):
+    """A tensor that claims a shape it does not hold: its ops run on a 1x1 tensor inside."""
+
+    @staticmethod
+    def __new__(cls, shape):
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float64)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return torch.zeros(1, 1, dtype=torch.float64)
+
+
+def test_matmuls_that_compute_nothing_count_nothing():
+    """FLOPs are a formula of shapes: a matmul of meta tensors, or of a tensor that only claims its shape,
+    would add them for free. Only a matmul of plain tensors with data counts."""
+    def receipts():
+        torch.empty(512, 64, device="meta") @ torch.empty(64, 512, device="meta")
+        _Claims((512, 64)) @ _Claims((64, 512))
+
+    assert probes.measure(receipts, flops=True)[1]["flops"] == 0
+    real = probes.measure(lambda: torch.randn(512, 64) @ torch.randn(64, 512), flops=True)[1]["flops"]
+    assert real == 2 * 512 * 64 * 512
+
+
 def test_probes_import_no_dynamo():
     code = ("import sys, torch; from grader import probes\n"
             "q = torch.randn(1, 2, 16, 8)\n"
