@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import EX1_SOLUTION as SOLUTION, descendants, make_submission, planted
+from conftest import EX1_SOLUTION as SOLUTION, KIT, descendants, make_submission, planted
 from grader.grading import grade
 from grader.verdict import Kind
 
@@ -161,3 +161,33 @@ def test_ranks_that_stall_before_the_call_are_replaced_not_blamed(tmp_path, lab,
     assert first.verdict.passed and "stalled" not in first.output, first.output
     assert second.verdict.passed, second.verdict.message
     assert "the ranks stalled before the call for 3 s" in second.output
+
+
+def test_each_case_leaves_its_group_before_the_next_window(lab):
+    """Ranks tear a case's group down in a thread once every rank has answered: by the next case's
+    window its threads and sockets are gone (none pile up over cases), and what the kernel counts in
+    a window is that case's traffic alone: each rank receives the same bytes case after case (gloo's
+    all-gather ring may run either way round, so from which peer may change)."""
+    import os
+
+    from grader import sockets
+    from grader.grading import Grader
+
+    def held(pool) -> list[tuple[int, int]]:
+        return [(len(os.listdir(f"/proc/{pid}/task")), len(sockets.socket_inodes(pid))) for pid in pool.pids.values()]
+
+    comm = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
+    with Grader(KIT / "solutions", lab) as grader:
+        first = grader.run(comm)
+        before = held(grader.runner.pool(comm.world_size))
+        received = []
+        for _ in range(8):
+            result = grader.run(comm)
+            assert result.verdict.passed, result.verdict.message
+            received.append([sum(e["received"].values()) for e in result.evidence])
+        after = held(grader.runner.pool(comm.world_size))
+    assert first.verdict.passed, first.verdict.message
+    assert all(r == received[0] for r in received), received
+    # one teardown may still be running as the last answers come in: its thread and P-1 closing sockets
+    for (threads0, socks0), (threads1, socks1) in zip(before, after):
+        assert threads1 <= threads0 + 1 and socks1 <= socks0 + comm.world_size - 1, (before, after)
