@@ -172,10 +172,11 @@ def enter(settings: dict) -> None:
     _own_tcp_table()
     _mount("", "/", None, MS_REC | MS_PRIVATE)
     _loopback_up()
-    covers, back = _private_tmp(settings)
-    for folder, paths in settings["reach"].items():
-        covers.setdefault(folder, "size=64k,mode=755")
-        back += paths
+    # Each rank covers the tmp folders with its own (confine); here only the folders that shut others
+    # out on the way to what a rank must read, with the run's own folder bound back if one holds it.
+    covers = {folder: "size=64k,mode=755" for folder in settings["reach"]}
+    back = [p for paths in settings["reach"].values() for p in paths]
+    back += [settings["workdir"]] if any(settings["workdir"].startswith(f + "/") for f in covers) else []
     _cover(covers, back)
     empty_file = os.path.join(settings["workdir"], ".hidden")
     for path in settings["hide"]:
