@@ -179,7 +179,8 @@ def test_a_killed_grader_leaves_the_staff_something_to_read(autograder, tmp_path
     what it printed and how it ended: the student is told the staff can see the details."""
     layout = unpack(autograder.parent / "autograder.zip", tmp_path / "autograder",
                     python='echo "grading ex1 - positions_contiguous P=4"; kill -9 $$')
-    shutil.copytree(autograder / "submission", layout / "submission")
+    (layout / "submission").mkdir()
+    (layout / "submission" / "ex1_sequence_shard.py").write_text(SOLUTION)
     env = {**os.environ, gradescope.ROOT_VARIABLE: str(layout)}
     proc = subprocess.run([str(layout / "run_autograder")], cwd=layout, env=env, capture_output=True, text=True,
                           timeout=RUN_LIMIT)

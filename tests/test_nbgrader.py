@@ -165,11 +165,11 @@ def test_course_from_build_to_exported_grades(tmp_path):
     assert "gather_contiguous" not in validate, validate  # the gather cell passed its public case
 
     # 4. A cell that outlives nbgrader's own timeout is interrupted and scores 0; the rest of the notebook
-    #    is graded and its ranks are gone. Here nbgrader's timeout (10 s) must come before the case's own:
-    #    the cells read the manifest when they run, so this autograde runs under deadlines of 30 s. (The
-    #    first test cell also starts the rank server: 10 s leaves that room on a loaded machine.)
-    small_manifest(manifest, timeout=30)
-    course.run("nbgrader", "autograde", ASSIGNMENT, "--student", "carol", "--Execute.timeout=10", timeout=180)
+    #    is graded and its ranks are gone. Here nbgrader's timeout (20 s) must come before the case's own:
+    #    the cells read the manifest when they run, so this autograde runs under deadlines of 60 s. (The
+    #    first test cell also starts the rank server: 20 s leaves that room beside another test worker.)
+    small_manifest(manifest, timeout=60)
+    course.run("nbgrader", "autograde", ASSIGNMENT, "--student", "carol", "--Execute.timeout=20", timeout=180)
     small_manifest(manifest)
     graded = nbformat.read(course.root / "autograded" / "carol" / ASSIGNMENT / f"{NOTEBOOK}.ipynb", 4)
     gather = next(c for c in graded.cells if c.get("id") == "ex1_test_gather")
