@@ -181,8 +181,8 @@ def _run_job(job: dict, rank: int, sync: Any, trace: Any) -> dict:
         torch.default_generator.manual_seed(rank)
         if device.type == "cuda":
             torch.cuda.manual_seed(rank)
+        _torn_down()  # the last case's group is gone: its sockets closing in the window would skew the counts
         # The evidence window opens before the student's module runs at all: what its import does counts.
-        _torn_down()
         sync(b"S", b"G")
         try:
             submission.module(job["module"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import pytest
 
 from conftest import EX1_SOLUTION as SOLUTION, KIT, descendants, make_submission, planted
-from grader.grading import grade
+from grader import sockets
+from grader.grading import Grader, grade
 from grader.verdict import Kind
 
 TIMEOUT = 6.0
@@ -168,11 +170,6 @@ def test_each_case_leaves_its_group_before_the_next_window(lab):
     window its threads and sockets are gone (none pile up over cases), and what the kernel counts in
     a window is that case's traffic alone: each rank receives the same bytes case after case (gloo's
     all-gather ring may run either way round, so from which peer may change)."""
-    import os
-
-    from grader import sockets
-    from grader.grading import Grader
-
     def held(pool) -> list[tuple[int, int]]:
         return [(len(os.listdir(f"/proc/{pid}/task")), len(sockets.socket_inodes(pid))) for pid in pool.pids.values()]
 
