@@ -56,8 +56,23 @@ def _gettid() -> int:
     return getattr(os, "gettid", lambda: os.getpid())()
 
 
-def connections(diag: socket.socket) -> dict[int, tuple[tuple[int, int], int, int]]:
-    """inode -> ((local port, remote port), bytes acked, bytes received) for every TCP socket (IPv4 and 6)."""
+End = tuple[bytes, int]  # (address, port): an IPv4 address (or an IPv6 one mapping it) in 4 bytes
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _end(address: bytes, port: int, family: int) -> End:
+    if family == socket.AF_INET:
+        address = address[:4]
+    elif address[:12] == V4_MAPPED:
+        address = address[12:]
+    return address, port
+
+
+def connections(diag: socket.socket) -> dict[int, tuple[tuple[End, End], int, int]]:
+    """inode -> ((local end, remote end), bytes acked, bytes received) for every TCP socket (IPv4 and 6).
+
+    An end is its address and port, an IPv4 one in 4 bytes whether its socket is IPv4 or IPv6 (the
+    store's sockets are IPv6 ones that hold IPv4 addresses)."""
     found = {}
     for family in (socket.AF_INET, socket.AF_INET6):
         req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0, ALL_STATES)
@@ -77,6 +92,8 @@ def connections(diag: socket.socket) -> dict[int, tuple[tuple[int, int], int, in
                     raise OSError("sock_diag refused the dump")
                 body = off + 16
                 sport, dport = struct.unpack_from(">HH", data, body + 4)
+                local = _end(data[body + 8:body + 24], sport, family)
+                remote = _end(data[body + 24:body + 40], dport, family)
                 inode = struct.unpack_from("=I", data, body + 68)[0]
                 acked = received = 0
                 attr = body + 72
@@ -88,7 +105,7 @@ def connections(diag: socket.socket) -> dict[int, tuple[tuple[int, int], int, in
                         acked, received = struct.unpack_from("=QQ", data, attr + 4 + BYTES_ACKED)
                     attr += (alen + 3) & ~3
                 if inode:
-                    found[inode] = ((sport, dport), acked, received)
+                    found[inode] = ((local, remote), acked, received)
                 off += (length + 3) & ~3
     return found
 
@@ -133,13 +150,15 @@ def traffic(diag: socket.socket, pids: dict[int, int], known: dict[int, int] | N
         owner = dict(known)
         for rank in fresh:
             owner.update({inode: rank for inode in socket_inodes(pids[rank])})
-    port_owner = {ports[0]: owner[inode] for inode, (ports, _, _) in conns.items() if inode in owner}
+    # Only both ends name one connection: connect() gives two sockets the same local port when they
+    # reach different peers, and IPv4 and IPv6 draw port numbers independently.
+    connection_owner = {ends: owner[inode] for inode, (ends, _, _) in conns.items() if inode in owner}
     found: Traffic = {rank: defaultdict(lambda: [0, 0]) for rank in pids}
-    for inode, ((_, remote), acked, received) in conns.items():
+    for inode, ((local, remote), acked, received) in conns.items():
         rank = owner.get(inode)
         if rank is None or not (acked or received):
             continue
-        cell = found[rank][port_owner.get(remote, -1)]
+        cell = found[rank][connection_owner.get((remote, local), -1)]
         cell[0] += acked
         cell[1] += received
     return {rank: dict(peers) for rank, peers in found.items()}
