@@ -74,13 +74,21 @@ class PoolHandle:
         return struct.unpack("q", data)[0] if len(data) == 8 else None
 
     def wait_gone(self, timeout: float) -> bool:
-        """Block until the lifeline closes: the pool's processes are all reaped."""
+        """Block until the pool's processes are all gone: the lifeline closed, and the leader, whose exit
+        closed it, past its exit (the kernel closes a process's files before it is a zombie: a busy
+        machine can leave it running its exit for milliseconds more)."""
+        end = time.monotonic() + timeout
         while True:
-            ready, _, _ = select.select([self.lifeline], [], [], timeout)
+            ready, _, _ = select.select([self.lifeline], [], [], max(0.0, end - time.monotonic()))
             if not ready:
                 return False
             if not os.read(self.lifeline, 4096):
-                return True
+                break
+        while _running(self.leader):
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.001)
+        return True
 
     def reaped(self) -> list[tuple[int, int]]:
         """(pid inside the pool, wait status) of the processes init reaped since the last call."""
@@ -99,6 +107,15 @@ class PoolHandle:
             if fd >= 0:
                 os.close(fd)
         self.lifeline = self.status = -1
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class Zygote:
