@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -88,8 +88,9 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _judge_pair(case: Any, what: str, got: dict, want_out: torch.Tensor, want_lse: torch.Tensor,
                 dtype: torch.dtype, q_pos: torch.Tensor | None,
-                alternatives: dict[str, torch.Tensor], bugs: dict[str, str]) -> Verdict | None:
-    """`alternatives`: what each bug of `bugs` would have returned as out; the one out matches is the hint."""
+                alternatives: Callable[[], dict[str, torch.Tensor]], bugs: dict[str, str]) -> Verdict | None:
+    """`alternatives()`: what each bug of `bugs` would have returned as out, computed only for a mismatch;
+    the one out matches is the hint."""
     tol = tolerance(case.dtype)
     lse_tol = tolerance("float64" if dtype == torch.float64 else "float32")
     if case.dtype in ("bfloat16", "float16"):
@@ -101,7 +102,7 @@ def _judge_pair(case: Any, what: str, got: dict, want_out: torch.Tensor, want_ls
     if verdict is None:
         return None
     magnitude = case.params.get("magnitude", 1.0)
-    matched = _matching(got.get("out"), alternatives, tol) if verdict.kind is Kind.MISMATCH else None
+    matched = _matching(got.get("out"), alternatives(), tol) if verdict.kind is Kind.MISMATCH else None
     if verdict.kind is Kind.NAN_INF and _nan_on_empty_rows(got, want_lse):
         verdict.hint = EMPTY_HINT
     elif matched:
@@ -191,7 +192,7 @@ class Attention(Check):
                                               scale=case.params.get("scale"))
         got = outcomes[0].payload
         return _judge_pair(case, "attention_with_lse", got, out, lse, x["q"].dtype, x["q_pos"],
-                           _attention_alternatives(case, x), ATTENTION_BUGS) or PASS
+                           lambda: _attention_alternatives(case, x), ATTENTION_BUGS) or PASS
 
 
 @register("ex2", "merge")
@@ -223,4 +224,4 @@ class Merge(Check):
     def judge(self, case, inputs, outcomes):
         x = inputs[0]
         return _judge_pair(case, "merge_attention", outcomes[0].payload, x["out"], x["lse"], x["out_a"].dtype,
-                           x["q_pos"], _merge_alternatives(x), MERGE_BUGS) or PASS
+                           x["q_pos"], lambda: _merge_alternatives(x), MERGE_BUGS) or PASS
