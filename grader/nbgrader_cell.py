@@ -155,6 +155,11 @@ def run_cases(exercise: str, names: list[str], *, manifest: str | None = None,
 def _grade(exercise: str, names: list[str], manifest_path: str | None,
            backend: str) -> tuple[float | None, list[str]]:
     """(score as run_cases returns it, the failure reports); prints as it goes."""
+    from grader import zygote
+
+    # A kernel cannot fork the rank server (it runs threads): the server is a new interpreter that imports
+    # torch, started now, while this one imports torch too, not after.
+    zygote.shared().start()
     # Imported here, inside the redirect: importing torch may warn, and a warning on stderr scores 0.
     from grader import grading, manifest, report
 
