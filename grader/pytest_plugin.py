@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from grader import manifest as manifest_mod
-from grader import report
-from grader.grading import CaseResult, Grader
-from grader.verdict import Kind
+from grader import zygote
+
+# The rank server is a new interpreter that imports torch (a process pytest runs in may hold threads, so
+# it does not fork one): started before this process imports torch below, the two imports overlap.
+zygote.shared().start()
+
+from grader import manifest as manifest_mod  # noqa: E402
+from grader import report  # noqa: E402
+from grader.grading import CaseResult, Grader  # noqa: E402
+from grader.verdict import Kind  # noqa: E402
 
 _STATE = pytest.StashKey[dict]()
 
