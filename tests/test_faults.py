@@ -140,15 +140,13 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-# A passing case that leaves a thread behind which, once the next case's job arrives (fd 1 points at a new
-# capture file), holds the GIL in a blocking C call: the rank can no longer join the next case's group.
-GIL_HOG = planted("shard_positions", """\
-import ctypes, os, threading, time
-def _hog(first=os.fstat(1).st_ino):
-    while os.fstat(1).st_ino == first:
-        time.sleep(0.005)
-    ctypes.PyDLL(None).sleep(600)
-threading.Thread(target=_hog, daemon=True).start()""")
+# A passing case that leaves the rank's torch.distributed patched so that the next case's group never forms:
+# the rank stalls in its setup, before any of that case's own code runs. (A thread that grabs the GIL once
+# the next job arrives did the same, but only when the machine let it run within the setup's 30 ms.)
+STALLS_NEXT_SETUP = planted("shard_positions", """\
+import time
+import torch.distributed
+torch.distributed.init_process_group = lambda *args, **kwargs: time.sleep(600)""")
 
 
 def test_ranks_that_stall_before_the_call_are_replaced_not_blamed(tmp_path, lab, monkeypatch):
@@ -156,7 +154,7 @@ def test_ranks_that_stall_before_the_call_are_replaced_not_blamed(tmp_path, lab,
     from grader import runner
 
     monkeypatch.setattr(runner, "SETUP_TIMEOUT", 3.0)
-    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": GIL_HOG})
+    sub = make_submission(tmp_path, {"ex1_sequence_shard.py": STALLS_NEXT_SETUP})
     cases = [c for c in lab.cases if c.exercise == "ex1" and c.check == "positions"][:2]
     assert len({c.world_size for c in cases}) == 1, "two cases on one pool"
     first, second = grade(sub, lab, cases)
