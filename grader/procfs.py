@@ -51,6 +51,15 @@ def sample(pid: int) -> Sample:
     return Sample(cpu_ns / 1e9, runnable, demand)
 
 
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (nor past one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def inner_pid(pid: int) -> int | None:
     """The pid the process has inside its own PID namespace (the last NSpid field), or None if gone."""
     try:

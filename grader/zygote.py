@@ -48,6 +48,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from grader import procfs
+
 MAX_REQUEST = 1 << 16
 # Everything a rank imports for a case, so that none of it lands in a case's time: symbolic_shapes
 # (with sympy, 1.7 s per rank) is what torch imports on the first backward given a gradient.
@@ -84,7 +86,7 @@ class PoolHandle:
                 return False
             if not os.read(self.lifeline, 4096):
                 break
-        while _running(self.leader):
+        while procfs.running(self.leader):
             if time.monotonic() > end:
                 return False
             time.sleep(0.001)
@@ -107,15 +109,6 @@ class PoolHandle:
             if fd >= 0:
                 os.close(fd)
         self.lifeline = self.status = -1
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 class Zygote:
