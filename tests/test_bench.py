@@ -112,3 +112,19 @@ def test_past_the_reference_size_a_spread_sample_of_rows_is_checked(monkeypatch)
         wrong = right.clone()
         wrong[:, :, row] += 1.0
         assert bench.output_error(wrong, full, "float64", pos, tol)[1] is caught
+
+
+@pytest.mark.parametrize("scheme", ["contiguous", "zigzag", "striped"])
+@pytest.mark.parametrize("p, n", [(2, 4), (3, 8), (4, 16), (8, 6)])
+def test_the_compute_check_bounds_each_rank_by_the_benchs_formula(scheme, p, n):
+    """The compute cases bound a rank's counted work by its rectangles of visible pairs, derived from the
+    positions; the bench's closed forms are written from the algebra. The two must agree."""
+    from grader.checks.attention import rectangle_blocks
+    from grader.manifest import Case
+
+    sizes = bench.Sizes(batch=1, heads=1, head_dim=1, tokens_per_rank=n)
+    case = Case("ex5", "compute", "compute", p, scheme=scheme, shape={"B": 1, "H": 1, "S": p * n, "D": 1})
+    for rank in range(p):
+        block = 4 * n * n
+        assert rectangle_blocks(case, rank) == pytest.approx(bench.predict("ex5", scheme, sizes, p, rank)["flops"]
+                                                             / block), (scheme, p, rank)

@@ -212,6 +212,22 @@ def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, text, l
         assert f"(in each of {MEASURES} runs)" in result.verdict.message, result.verdict.message
 
 
+def test_a_ring_that_computes_every_striped_block_whole_fails_compute_striped(lab, tmp_path):
+    """Under striped every rank does about the same work whether it skips or not, so balance says nothing:
+    each rank's count is held to its rectangles of visible pairs, which trim a row and a column of every
+    later rank's block (rank 0 at P = 3, S = 24: 2.53 blocks, not 3)."""
+    from variants import VARIANTS
+
+    variant = next(v for v in VARIANTS if v.name == "ex5_bug_no_skip_zigzag")  # whole blocks off contiguous
+    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_striped")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.COMPUTE, result.verdict.message
+    assert "rank 0 computes 3.00 blocks" in result.verdict.message, result.verdict.message
+    assert "needs at most 2.53" in result.verdict.message, result.verdict.message
+
+
 ELEMENTWISE = (
     ("    scores = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Sq, Sk)\n",
      "    scores = (q.to(cdt)[..., :, None, :] * k.to(cdt)[..., None, :, :]).sum(-1) * scale\n"),

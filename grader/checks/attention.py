@@ -477,19 +477,50 @@ def _counted_blocks(case: Any, outcomes: list) -> tuple[list[float], str]:
     return blocks, ", ".join(f"rank {r}: {b:.2f}" for r, b in zip(case.members, blocks))
 
 
+def rectangle_blocks(case: Any, i: int) -> float:
+    """The work of member i's ring that skips what no query sees: for every rank's block of keys, the
+    rectangle of rows from the first query that sees a key through the last key a query sees, in full
+    blocks. Contiguous i + 1, zigzag (P+1)/2, striped ((i+1)n² + (P-1-i)(n-1)²)/n²."""
+    n = sizes(case)[2] // case.group_size
+    q_pos = member_positions(case, i)
+    work = 0
+    for j in range(case.group_size):
+        k_pos = member_positions(case, j)
+        rows, keys = int((q_pos >= k_pos.min()).sum()), int((k_pos <= q_pos.max()).sum())
+        work += rows * keys if keys else 0
+    return work / (n * n)
+
+
+#: Counted work past a rank's rectangle_blocks by more than this share: it computed what no query sees.
+OVER = 1.05
+
+#: Why a rank needs no more than rectangle_blocks, by scheme, and how to get there.
+RECTANGLES = {
+    "contiguous": ("under contiguous sharding rank i sees only blocks 0..i, so it computes at most i+1",
+                   "Skip a block whose every key comes after every query: min(k_pos) > max(q_pos). It costs "
+                   "no matmul at all."),
+    "zigzag": ("under zigzag a rank needs its diagonal block and half of every other one, (P+1)/2 = {most:.2f}",
+               "Compute only the visible rectangle of a block: a block of an earlier rank is seen through its "
+               "early chunk of keys only, a block of a later rank by the late chunk of queries only."),
+    "striped": ("under striped a later rank's block is seen by all but its first query and through all but "
+                "its last key, so this rank needs at most {most:.2f}",
+                "Compute only the visible rectangle of a block (rows from the first query that sees a key, "
+                "keys up to the last one a query sees): under striped it trims a row and a column of every "
+                "later rank's block."),
+}
+
+
 def judge_compute(case: Any, outcomes: list) -> Verdict | None:
     ranks = case.members
     p = len(ranks)
     blocks, text = _counted_blocks(case, outcomes)
+    why, hint = RECTANGLES[case.scheme]
+    for i, (r, b) in enumerate(zip(ranks, blocks)):
+        most = rectangle_blocks(case, i)
+        if b > most * OVER:
+            return fail(Kind.COMPUTE, f"rank {r} computes {b:.2f} blocks of attention; {why.format(most=most)} "
+                                      f"(blocks per rank: {text})", hint=hint)
     if case.scheme == "contiguous":
-        over = [(r, b) for i, (r, b) in enumerate(zip(ranks, blocks)) if b > (i + 1) * 1.05]
-        skip_hint = ("Skip a block whose every key comes after every query: min(k_pos) > max(q_pos). It costs "
-                     "no matmul at all.")
-        if over:
-            r, b = over[0]
-            return fail(Kind.COMPUTE, f"rank {r} computes {b:.2f} blocks of attention; under contiguous sharding "
-                                      f"rank i sees only blocks 0..i, so it computes at most i+1 (blocks per rank: "
-                                      f"{text})", hint=skip_hint)
         first = outcomes[ranks[0]].cpu
         others = sum(outcomes[r].cpu for r in ranks[1:]) / max(1, p - 1)
         if p > 1 and others > 0 and first > SKIP_RATIO * others:
@@ -497,19 +528,11 @@ def judge_compute(case: Any, outcomes: list) -> Verdict | None:
                                       f"the call and ranks {', '.join(map(str, ranks[1:]))} {others * 1000:.0f} ms "
                                       f"on average: rank 0 sees one block of keys and rank P-1 all {p}, so a ring "
                                       f"that skips the hidden blocks gives rank 0 far less work",
-                        hint=skip_hint, timed=True)
+                        hint=hint, timed=True)
         return None
     if p > 1 and max(blocks) > 1.25 * max(min(blocks), 1e-9):
         return fail(Kind.COMPUTE, f"the attention work is unbalanced under {case.scheme} (blocks per rank: {text}): "
                                   f"{case.scheme} sharding gives every rank the same causal work")
-    most = (p + 1) / 2  # zigzag: the diagonal block whole, every other block through one chunk, half of it
-    if case.scheme == "zigzag" and max(blocks) > most * 1.05:
-        return fail(Kind.COMPUTE, f"each rank computes up to {max(blocks):.2f} blocks of attention; under zigzag a "
-                                  f"rank needs its diagonal block and half of every other one, (P+1)/2 = "
-                                  f"{most:.2f} (blocks per rank: {text})",
-                    hint="Compute only the visible rectangle of a block: a block of an earlier rank is seen "
-                         "through its early chunk of keys only, a block of a later rank by the late chunk of "
-                         "queries only.")
     return None
 
 
