@@ -51,6 +51,27 @@ def sample(pid: int) -> Sample:
     return Sample(cpu_ns / 1e9, runnable, demand)
 
 
+_TICK = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, cutime + cstime) of pid in clock ticks: its own CPU, and its reaped children's."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+def spawned_cpu(pid: int, descendants: list[int]) -> float:
+    """CPU seconds of the processes pid started: those it reaped, and every one of `descendants` (its
+    processes still there) with what they reaped. Work a rank hands to a child of its own, which its
+    own count does not include, is in here, and a process that ends is counted by whoever reaps it."""
+    ticks = _ticks(pid)[1] + sum(sum(_ticks(d)) for d in descendants)
+    return ticks * _TICK
+
+
 def running(pid: int) -> bool:
     """The process exists and is not a zombie (nor past one)."""
     try:

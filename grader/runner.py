@@ -96,7 +96,8 @@ class RankOutcome:
     stdout: str = ""
     stderr: str = ""
     trace: list = field(default_factory=list)
-    cpu: float = 0.0              # CPU seconds the rank spent in the student's call (the kernel's count)
+    cpu: float = 0.0              # CPU seconds the rank spent in the student's call (the kernel's count),
+                                  # with that of the processes it (or the pool) started meanwhile
     busy: float = 0.0             # the longest one of its threads ran or waited for a CPU in the call
     # The kernel's evidence of the call, from its start to its end (rank side: "S"/"E" messages):
     # peer rank -> bytes this rank received from it (-1: not a rank); None where no kernel counted (torchrun)
@@ -353,7 +354,7 @@ class RankPool:
             if r not in outcomes:
                 outcomes[r] = RankOutcome(r, "timeout" if watch.stopped else "aborted")
             o = outcomes[r]
-            o.cpu, o.busy = watch.cpu_used(r), watch.busy(r)
+            o.cpu, o.busy = watch.cpu_used(r) + watch.spawned.get(r, 0.0), watch.busy(r)
             o.returned = o.status == "ok" or r in watch.ended
             o.received, o.peak, o.late = watch.received.get(r, {}), watch.peaks.get(r, 0), watch.late.get(r, 0)
             o.trace = instrument.read(paths[r]["trace"])
@@ -389,11 +390,25 @@ class _Watch:
         self.received: dict[int, dict] = {}
         self.late: dict[int, int] = {}
         self.peaks: dict[int, int] = {}
+        self._spawned0: dict[int, float] = {}
+        self.spawned: dict[int, float] = {}  # rank -> CPU of processes started in the pool during the call
 
     def cpu_used(self, rank: int) -> float:
         if rank not in self.started:
             return 0.0
         return max(0.0, self._now.get(rank, self.started[rank]).cpu - self.started[rank].cpu)
+
+    def _spawned_cpu(self) -> dict[int, float]:
+        """Per rank, the CPU of the processes it started; under -1, that of processes the pool's init
+        adopted (a helper whose parent left). A rank's count in the call is its own threads' only."""
+        pids = self.pool.pids
+        found = {r: procfs.spawned_cpu(pid, sandbox_mod.descendants(pid)) for r, pid in pids.items()}
+        if self.pool.init:
+            ranks = set(pids.values())
+            adopted = [c for c in sandbox_mod.children(self.pool.init) if c not in ranks]
+            found[-1] = procfs.spawned_cpu(self.pool.init, [d for c in adopted
+                                                            for d in [c, *sandbox_mod.descendants(c)]])
+        return found
 
     def busy(self, rank: int) -> float:
         if rank not in self.started:
@@ -490,6 +505,7 @@ class _Watch:
             except OSError:
                 self._owners = {}
             self._traffic0 = self._traffic()
+            self._spawned0 = self._spawned_cpu()
         self._release(ranks, b"G")
 
     def _end(self, running: list[int]) -> None:
@@ -501,6 +517,11 @@ class _Watch:
             for r in ended:
                 self.peaks[r] = max(0, procfs.peak(self.pool.pids[r]) - self._rss0.get(r, 0))
                 self.received[r] = {peer: moved[1] for peer, moved in after.get(r, {}).items()}
+            spawned = self._spawned_cpu()
+            adopted = max(0.0, spawned.get(-1, 0.0) - self._spawned0.get(-1, 0.0))
+            for r in ended:
+                # whose an adopted process was is not known: every rank is charged with it
+                self.spawned[r] = max(0.0, spawned.get(r, 0.0) - self._spawned0.get(r, 0.0)) + adopted
         else:
             self.received.update({r: {} for r in ended})
         self._release(ended, b"F")

@@ -228,6 +228,67 @@ def test_a_ring_that_computes_every_striped_block_whole_fails_compute_striped(la
     assert "needs at most 2.53" in result.verdict.message, result.verdict.message
 
 
+# The blinded ring's block attention run in a child process on rank 0, its result back through a pipe;
+# with ORPHAN the child forks the worker and exits, so the pool's init adopts and reaps it.
+ELSEWHERE = (
+    "def ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n",
+    "def _elsewhere(fn, *args):\n"
+    "    import io, os\n"
+    "    if dist.get_rank() != 0:\n"
+    "        return fn(*args)\n"
+    "    r, w = os.pipe()\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        os.close(r)\n"
+    "        if ORPHAN and os.fork():\n"
+    "            os._exit(0)\n"
+    "        buf = io.BytesIO()\n"
+    "        torch.save(fn(*args), buf)\n"
+    "        data = buf.getvalue()\n"
+    "        while data:\n"
+    "            data = data[os.write(w, data):]\n"
+    "        os._exit(0)\n"
+    "    os.close(w)\n"
+    "    chunks = []\n"
+    "    while chunk := os.read(r, 1 << 20):\n"
+    "        chunks.append(chunk)\n"
+    "    os.close(r)\n"
+    "    os.waitpid(pid, 0)\n"
+    "    return torch.load(io.BytesIO(b''.join(chunks)))\n\n\n"
+    "def ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n"
+    "    out = _blinded(q, k, v, scheme, group)\n"
+    "    for _ in range(2 * (dist.get_rank(group) + 1)):  # (i+1) blocks of matmuls, for the counter\n"
+    "        q @ q.transpose(-2, -1)\n"
+    "    return out\n\n\n"
+    "def _blinded(q, k, v, scheme, group):\n"
+    "    from torch.utils._python_dispatch import _disable_current_modes\n"
+    "    with _disable_current_modes():\n"
+    "        return _ring_forward(q, k, v, scheme, group)\n\n\n"
+    "def _ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n")
+TO_CHILD = ("            blk_out, blk_lse = attention_with_lse(\n",
+            "            blk_out, blk_lse = _elsewhere(attention_with_lse,\n")
+
+
+@pytest.mark.parametrize("orphan", [False, True], ids=["child", "orphan"])
+def test_work_handed_to_another_process_counts_as_the_ranks(orphan, lab, tmp_path):
+    """A ring that skips nothing, blind to the counter, with matmuls of each rank's formula on the side:
+    rank 0 hands its blocks to a process of its own, so its own threads look idle. The CPU of processes
+    a rank started (or the pool's init adopted) during the call is the rank's, and the case still fails
+    on the kernel's CPU times."""
+    from variants import VARIANTS
+
+    variant = next(v for v in VARIANTS if v.name == "ex5_bug_no_skip")
+    cheat = Variant("ex5_cheat_offload", variant.solution, variant.bug, variant.edits + [ELSEWHERE, TO_CHILD])
+    source = apply(cheat).replace("import torch\n", f"import torch\nORPHAN = {orphan}\n", 1)
+    sub = make_submission(tmp_path, {variant.solution: source})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_contiguous")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.COMPUTE, result.verdict.message
+    assert "by the kernel's count" in result.verdict.message, result.verdict.message
+    assert f"(in each of {MEASURES} runs)" in result.verdict.message, result.verdict.message
+
+
 ELEMENTWISE = (
     ("    scores = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Sq, Sk)\n",
      "    scores = (q.to(cdt)[..., :, None, :] * k.to(cdt)[..., None, :, :]).sum(-1) * scale\n"),
