@@ -52,7 +52,7 @@ def ring_work(case, rank: int) -> None:
     out, lse = torch.zeros_like(q), torch.full(q.shape[:3], float("-inf"), dtype=q.dtype)
     for step in range(p):
         k_pos = reference.positions(s, (rank - step) % p, p, case.scheme)
-        rows, keys = int((q_pos < k_pos.min()).sum()), int((k_pos <= q_pos.max()).sum())
+        rows, keys = reference.visible_rectangle(q_pos, k_pos)
         if keys:
             blk, blk_lse = reference.causal_attention(q[:, :, rows:], k[:, :, :keys], v[:, :, :keys],
                                                       q_pos[rows:], k_pos[:keys])

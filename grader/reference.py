@@ -28,6 +28,12 @@ def positions(seq_len: int, rank: int, world_size: int, scheme: str) -> torch.Te
     raise ValueError(f"scheme {scheme!r}")
 
 
+def visible_rectangle(q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[int, int]:
+    """(q_start, k_stop) for ascending positions: every causally visible pair of a block of queries and
+    keys lies in rows [q_start:] and keys [:k_stop]; k_stop == 0 means no query sees any key."""
+    return int((q_pos < k_pos.min()).sum()), int((k_pos <= q_pos.max()).sum())
+
+
 def shard(x: torch.Tensor, rank: int, world_size: int, dim: int, scheme: str) -> torch.Tensor:
     return x.index_select(dim, positions(x.shape[dim], rank, world_size, scheme).to(x.device)).contiguous()
 

@@ -485,9 +485,8 @@ def rectangle_blocks(case: Any, i: int) -> float:
     q_pos = member_positions(case, i)
     work = 0
     for j in range(case.group_size):
-        k_pos = member_positions(case, j)
-        rows, keys = int((q_pos >= k_pos.min()).sum()), int((k_pos <= q_pos.max()).sum())
-        work += rows * keys if keys else 0
+        q_start, k_stop = reference.visible_rectangle(q_pos, member_positions(case, j))
+        work += (n - q_start) * k_stop
     return work / (n * n)
 
 
