@@ -31,6 +31,16 @@ class Sample:
         return sum(d - before.demand.get(tid, 0.0) for tid, d in self.demand.items())
 
 
+def _stat(folder: str) -> list[str]:
+    """The fields of a process's or thread's stat after its name (which may hold spaces and parentheses):
+    [0] the state, [11:15] utime, stime, cutime, cstime; [] when it is gone."""
+    try:
+        with open(f"{folder}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def sample(pid: int) -> Sample:
     cpu_ns, demand, runnable = 0, {}, False
     try:
@@ -43,8 +53,7 @@ def sample(pid: int) -> Sample:
                 on_cpu, queued = (int(v) for v in f.read().split()[:2])
             cpu_ns += on_cpu
             demand[int(tid)] = (on_cpu + queued) / 1e9
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+            state = _stat(f"/proc/{pid}/task/{tid}")[0]
         except (OSError, IndexError, ValueError):
             continue
         runnable = runnable or (int(tid) == pid and state in ("R", "D"))
@@ -56,11 +65,10 @@ _TICK = 1 / os.sysconf("SC_CLK_TCK")
 
 def _ticks(pid: int) -> tuple[int, int]:
     """(utime + stime, cutime + cstime) of pid in clock ticks: its own CPU, and its reaped children's."""
+    fields = _stat(f"/proc/{pid}")
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return 0, 0
 
 
@@ -74,11 +82,8 @@ def spawned_cpu(pid: int, descendants: list[int]) -> float:
 
 def running(pid: int) -> bool:
     """The process exists and is not a zombie (nor past one)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    fields = _stat(f"/proc/{pid}")
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def inner_pid(pid: int) -> int | None:
