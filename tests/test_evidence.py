@@ -228,8 +228,8 @@ def test_a_ring_that_computes_every_striped_block_whole_fails_compute_striped(la
     assert "needs at most 2.53" in result.verdict.message, result.verdict.message
 
 
-# The blinded ring's block attention run in a child process on rank 0, its result back through a pipe;
-# with ORPHAN the child forks the worker and exits, so the pool's init adopts and reaps it.
+# Rank 0's block attention run in a child process, its result back through a pipe; with ORPHAN the child
+# forks the worker and exits, so the pool's init adopts and reaps it. On top of BLIND.
 ELSEWHERE = (
     "def ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n",
     "def _elsewhere(fn, *args):\n"
@@ -255,18 +255,15 @@ ELSEWHERE = (
     "    os.close(r)\n"
     "    os.waitpid(pid, 0)\n"
     "    return torch.load(io.BytesIO(b''.join(chunks)))\n\n\n"
-    "def ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n"
-    "    out = _blinded(q, k, v, scheme, group)\n"
-    "    for _ in range(2 * (dist.get_rank(group) + 1)):  # (i+1) blocks of matmuls, for the counter\n"
-    "        q @ q.transpose(-2, -1)\n"
-    "    return out\n\n\n"
-    "def _blinded(q, k, v, scheme, group):\n"
-    "    from torch.utils._python_dispatch import _disable_current_modes\n"
-    "    with _disable_current_modes():\n"
-    "        return _ring_forward(q, k, v, scheme, group)\n\n\n"
-    "def _ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n")
+    "def ring_forward(q, k, v, scheme=\"contiguous\", group=None):\n")
 TO_CHILD = ("            blk_out, blk_lse = attention_with_lse(\n",
             "            blk_out, blk_lse = _elsewhere(attention_with_lse,\n")
+# after BLIND, which is not solution text an edit may replace: (i+1) blocks of matmuls for the counter
+RECEIPTS = ("        return _ring_forward(q, k, v, scheme, group)\n",
+            "        out = _ring_forward(q, k, v, scheme, group)\n"
+            "    for _ in range(2 * (dist.get_rank(group) + 1)):\n"
+            "        q @ q.transpose(-2, -1)\n"
+            "    return out\n")
 
 
 @pytest.mark.parametrize("orphan", [False, True], ids=["child", "orphan"])
@@ -278,8 +275,10 @@ def test_work_handed_to_another_process_counts_as_the_ranks(orphan, lab, tmp_pat
     from variants import VARIANTS
 
     variant = next(v for v in VARIANTS if v.name == "ex5_bug_no_skip")
-    cheat = Variant("ex5_cheat_offload", variant.solution, variant.bug, variant.edits + [ELSEWHERE, TO_CHILD])
-    source = apply(cheat).replace("import torch\n", f"import torch\nORPHAN = {orphan}\n", 1)
+    cheat = Variant("ex5_cheat_offload", variant.solution, variant.bug, variant.edits + [BLIND, ELSEWHERE, TO_CHILD])
+    source = apply(cheat)
+    assert source.count(RECEIPTS[0]) == 1
+    source = source.replace(*RECEIPTS).replace("import torch\n", f"import torch\nORPHAN = {orphan}\n", 1)
     sub = make_submission(tmp_path, {variant.solution: source})
     case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_contiguous")
     with Grader(sub, lab) as grader:
