@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -35,23 +37,49 @@ def test_results_come_in_the_order_of_the_cases_from_both_lanes():
     assert len(set(lanes.values())) == 2, lanes  # ex1 and ex2 each had a lane of its own
 
 
-def test_a_case_that_must_run_alone_overlaps_no_other():
-    """The lanes of one grader take their turns like separate graders: each turn opens its own lock."""
+def test_a_case_that_must_run_alone_overlaps_no_other(tmp_path, monkeypatch):
+    """The lanes of one grader take their turns like separate graders: each turn opens its own lock.
+    Private lock files (no other grader on the machine takes turns here), and each thread starts once
+    the one before it is in or queued, so the order does not depend on how busy the machine is."""
+    monkeypatch.setattr(grading, "TURN_GATE", tmp_path / "gate.lock")
+    monkeypatch.setattr(grading, "TURN_LOCK", tmp_path / "turns.lock")
     spans: list[tuple[str, float, float]] = []
+    inside = threading.Event()
 
-    def case(name: str, alone: bool, delay: float) -> None:
-        time.sleep(delay)
+    def gate_held() -> bool:
+        """A case that must run alone holds the gate while it waits for the others to leave."""
+        fd = os.open(grading.TURN_GATE, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def until(condition) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, "a turn never came"
+            time.sleep(0.005)
+
+    def case(name: str, alone: bool) -> None:
         with grading.machine_turn(alone=alone):
             start = time.monotonic()
+            if name == "shared-1":
+                inside.set()
+                until(gate_held)  # still in while the alone case queues
             time.sleep(0.2)
             spans.append((name, start, time.monotonic()))
 
-    threads = [threading.Thread(target=case, args=("shared-1", False, 0.0)),
-               threading.Thread(target=case, args=("alone", True, 0.05)),
-               threading.Thread(target=case, args=("shared-2", False, 0.1))]
-    for t in threads:
-        t.start()
-    for t in threads:
+    threads = {name: threading.Thread(target=case, args=(name, name == "alone"))
+               for name in ("shared-1", "alone", "shared-2")}
+    threads["shared-1"].start()
+    until(inside.is_set)
+    threads["alone"].start()
+    until(gate_held)
+    threads["shared-2"].start()
+    for t in threads.values():
         t.join()
     alone = next(s for s in spans if s[0] == "alone")
     for name, start, end in spans:
