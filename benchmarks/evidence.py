@@ -1,14 +1,16 @@
 """What the parent measures from the kernel for each strategy and scheme, next to the formula.
 
-    python benchmarks/evidence.py [SUBMISSION] [--world-size 4]
+    python benchmarks/evidence.py [SUBMISSION] [--world-size 4] [--memory]
 
 Grades one forward case per exercise (ex3 all-gather KV, ex4 Ulysses, ex5
 ring) and scheme on the kit's solutions (or SUBMISSION), at B=1, H=4, S=1024,
 D=64 in float64 (a K shard of 512 KiB at P = 4), and prints, per strategy, the
 bytes rank 1 received from each peer by the kernel's socket counters, the
-peak resident memory of the call over one K shard, and the CPU time of every
-rank, beside the bytes the strategy must move. The README's table is this
-script's output.
+peak resident memory of the call over one K shard (and, where the grader gives
+each rank a memory cgroup, the peak charged to it: files and memfds included),
+and the CPU time of every rank, beside the bytes the strategy must move. The
+README's table is this script's output. With --memory it grades the manifest's
+ex5 memory cases instead and prints every rank's two peaks, before FIRST_USE.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("submission", nargs="?", default=str(KIT / "solutions"))
     ap.add_argument("--world-size", type=int, default=4)
+    ap.add_argument("--memory", action="store_true", help="every rank's peaks on ex5's memory cases")
     args = ap.parse_args(argv)
     lab = load()
+    if args.memory:
+        return memory_cases(args.submission, lab)
     p = args.world_size
     print(f"P = {p}, shape {SHAPE}, float64; bytes in K shards (one rank's K: B·H·S/P·D·8 bytes)")
     print(f"{'strategy':14} {'scheme':11} {'rank 1 received from peers 0..P-1 (formula)':48} "
@@ -63,9 +68,27 @@ def main(argv: list[str] | None = None) -> None:
                 got = ev[1]["received"]
                 cells = " ".join(f"{got.get(peer, 0) / shard:.2f}({formula(exercise, p, peer, 1):g})"
                                  for peer in range(p) if peer != 1)
-                peaks = max(e["peak"] for e in ev) / shard
+                peaks = _peaks(ev, shard)
                 cpu = " ".join(f"{e['cpu'] * 1000:.0f}" for e in ev)
-                print(f"{strategy:14} {scheme:11} {cells:48} {peaks:<18.1f} {cpu}")
+                print(f"{strategy:14} {scheme:11} {cells:48} {peaks:<18} {cpu}")
+
+
+def _peaks(evidence: list[dict], shard: int) -> str:
+    """The largest resident peak over the ranks, in shards, and '/ charged' where a cgroup counted."""
+    text = f"{max(e['peak'] for e in evidence) / shard:.1f}"
+    if all(e["charged"] is not None for e in evidence):
+        text += f" / {max(e['charged'] for e in evidence) / shard:.1f}"
+    return text
+
+
+def memory_cases(submission: str, lab) -> None:
+    print("ex5 memory cases: per rank, resident / charged peak in K shards (before FIRST_USE)")
+    with Grader(submission, lab) as grader:
+        for case in (c for c in lab.cases if c.exercise == "ex5" and c.check == "memory"):
+            result = grader.run(case)
+            shard = shard_numel(case) * 8
+            ranks = "  ".join(_peaks([e], shard) for e in result.evidence)
+            print(f"{case.name:18} {result.verdict.kind.value:8} {ranks}")
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ class Grader:
             # case. A stub that raised NotImplementedError before any communication keeps its ranks:
             # that saves a pool start per case of an unattempted exercise.
             self.runner.pool(nranks).recycle()
-        evidence = [{"received": o.received, "peak": o.peak, "cpu": o.cpu, "late": o.late} for o in run.ranks]
+        evidence = [{"received": o.received, "peak": o.peak, "charged": o.charged, "cpu": o.cpu, "late": o.late}
+                    for o in run.ranks]
         return CaseResult(case, verdict, output=_output(run), trace=[o.trace for o in run.ranks], evidence=evidence)
 
     @staticmethod

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from grader import instrument, procfs, sandbox as sandbox_mod, sockets, worker as worker_mod, zygote as zygote_mod
+from grader import instrument, memcg, procfs, sandbox as sandbox_mod, sockets, worker as worker_mod, zygote as zygote_mod
 from grader.sandbox import Sandbox
 
 STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
@@ -103,6 +103,9 @@ class RankOutcome:
     # peer rank -> bytes this rank received from it (-1: not a rank); None where no kernel counted (torchrun)
     received: dict | None = None
     peak: int = 0                 # resident bytes above what the rank held when the call started
+    # bytes charged to the rank's memory cgroup at most in the call, above its charge at the start: its
+    # tmpfs files and memfds too (grader.memcg); None where the grader has no such cgroup
+    charged: int | None = None
     # bytes it received after the window closed, until every rank had answered: none, unless code in
     # the rank said "E" early to move its communication out of the window
     late: int = 0
@@ -143,6 +146,7 @@ class RankPool:
         self.store_port = 0  # rank 0's rendezvous store
         self.jobs_run = 0
         self._diag: socket.socket | None = None
+        self.memcg: memcg.Groups | None = None
         _live_pools.add(self)
 
     def diag(self) -> socket.socket:
@@ -215,6 +219,12 @@ class RankPool:
         if len(self.pids) != self.world_size:
             self.kill()
             raise PoolError(f"found {len(self.pids)} of {self.world_size} rank processes under the pool's init")
+        if self.sandbox.active and memcg.available():
+            try:
+                self.memcg = memcg.Groups(self.pids)
+            except OSError as e:
+                self.kill()
+                raise PoolError(f"could not give the ranks their memory cgroups: {e}") from None
         self.ready = True
 
     def kill(self) -> None:
@@ -226,11 +236,14 @@ class RankPool:
             self._signal_all(handle)
             handle.wait_gone(10.0)
             handle.close()
+        if self.memcg is not None:
+            self.memcg.remove()
         for conn in self.conns:
             conn.close()
         if self._diag is not None:
             self._diag.close()
         self.conns, self.pids, self.inner, self.init, self.ready, self._diag = [], {}, {}, 0, False, None
+        self.memcg = None
 
     def abort(self) -> None:
         """Kill the ranks from another thread than the one running a case on them: that case then ends
@@ -357,6 +370,7 @@ class RankPool:
             o.cpu, o.busy = watch.cpu_used(r) + watch.spawned.get(r, 0.0), watch.busy(r)
             o.returned = o.status == "ok" or r in watch.ended
             o.received, o.peak, o.late = watch.received.get(r, {}), watch.peaks.get(r, 0), watch.late.get(r, 0)
+            o.charged = watch.charged.get(r)
             o.trace = instrument.read(paths[r]["trace"])
             o.stdout = _tail(paths[r]["stdout"])
             o.stderr = _tail(paths[r]["stderr"])
@@ -390,6 +404,7 @@ class _Watch:
         self.received: dict[int, dict] = {}
         self.late: dict[int, int] = {}
         self.peaks: dict[int, int] = {}
+        self.charged: dict[int, int | None] = {}
         self._spawned0: dict[int, float] = {}
         self.spawned: dict[int, float] = {}  # rank -> CPU of processes started in the pool during the call
 
@@ -500,6 +515,8 @@ class _Watch:
             pids = self.pool.pids
             for r in ranks:
                 self._rss0[r] = procfs.reset_peak(pids[r])
+                if self.pool.memcg is not None:
+                    self.pool.memcg.reset(r)
             try:
                 self._owners = sockets.owners(pids)
             except OSError:
@@ -516,6 +533,8 @@ class _Watch:
             after = sockets.since(self._traffic(ended), self._traffic0)
             for r in ended:
                 self.peaks[r] = max(0, procfs.peak(self.pool.pids[r]) - self._rss0.get(r, 0))
+                if self.pool.memcg is not None:
+                    self.charged[r] = self.pool.memcg.peak(r)
                 self.received[r] = {peer: moved[1] for peer, moved in after.get(r, {}).items()}
             spawned = self._spawned_cpu()
             adopted = max(0.0, spawned.get(-1, 0.0) - self._spawned0.get(-1, 0.0))
@@ -694,3 +713,4 @@ def _say_once_without_sandbox(settings: Sandbox) -> None:
 def _kill_leftovers() -> None:
     for pool in list(_live_pools):
         pool.kill()
+    memcg.remove_base()

@@ -370,3 +370,85 @@ def test_a_verdict_on_cpu_time_stands_only_when_the_case_is_run_again(slow_runs,
     assert len(calls) == min(slow_runs + 1, MEASURES)
     if not passed:
         assert result.verdict.message.endswith(f"(in each of {MEASURES} runs)"), result.verdict.message
+
+
+# Every received K/V block parked off the heap for the whole ring, then attended one at a time: memory grows
+# with P as in ex5_bug_keeps_all_blocks, but in pages no resident set counts.
+PARK = {
+    "tmpfs": ("    import tempfile\n"
+              "    parked = tempfile.mkdtemp()  # on the rank's private tmpfs\n"
+              "    def park(step, t):\n"
+              "        torch.save(t, f'{parked}/{step}')\n"
+              "    def fetch(step):\n"
+              "        return torch.load(f'{parked}/{step}')\n"),
+    "memfd": ("    import io, os\n"
+              "    files = {}\n"
+              "    def park(step, t):\n"
+              "        buf = io.BytesIO()\n"
+              "        torch.save(t, buf)\n"
+              "        files[step] = os.memfd_create(f'kv{step}')  # anonymous shared memory, never mapped\n"
+              "        os.write(files[step], buf.getvalue())\n"
+              "    def fetch(step):\n"
+              "        os.lseek(files[step], 0, os.SEEK_SET)\n"
+              "        data = b''\n"
+              "        while chunk := os.read(files[step], 1 << 20):\n"
+              "            data += chunk\n"
+              "        return torch.load(io.BytesIO(data))\n"),
+}
+PARKED_RING = (
+    "    held = torch.stack((k, v))  # (2, B, H, S/P, D)\n"
+    "    park(0, held)\n"
+    "    for step in range(1, world_size):\n"
+    "        nxt = torch.empty_like(held)\n"
+    "        for work in ring_exchange(held, nxt, group):\n"
+    "            work.wait()\n"
+    "        park(step, nxt)\n"
+    "        held = nxt\n"
+    "    held = nxt = None\n")
+
+
+@pytest.mark.parametrize("where", sorted(PARK))
+def test_blocks_parked_outside_the_heap_count_as_held(where, lab, tmp_path):
+    """Memory a rank fills is the rank's wherever it lies: a file on its tmpfs or a memfd holds every block
+    while its resident set looks like a ring's. The kernel's charge to the rank's memory cgroup counts those
+    pages, and the case fails for memory."""
+    from grader import memcg
+
+    if not memcg.available():
+        pytest.skip(f"no memory cgroup the grader can create here ({memcg.why_not()}): only VmHWM is evidence")
+    edits = [(HIDDEN_GATHER, PARK[where] + PARKED_RING),
+             ("    for step in range(world_size):\n"
+              "        last = step == world_size - 1\n"
+              "        works = [] if last else ring_exchange(cur, nxt, group)  # in flight while we compute\n",
+              "    for step in range(world_size):\n"
+              "        cur = fetch(step)\n"),
+             ("        if not last:\n"
+              "            for work in works:\n"
+              "                work.wait()\n"
+              "            cur, nxt = nxt, cur  # the block just sent is no longer needed: its buffer receives next\n",
+              "")]
+    cheat = Variant(f"ex5_cheat_parked_{where}", EX5, "every block parked off the heap", edits)
+    sub = make_submission(tmp_path, {EX5: apply(cheat)})
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "memory")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.MEMORY, result.verdict.message
+    assert "must not grow with P" in result.verdict.message, result.verdict.message
+
+
+def test_every_rank_has_a_memory_cgroup_of_its_own_while_its_pool_lives(lab, tmp_path):
+    """Each rank's charge is read from a cgroup only it (and what it starts) is in, and the cgroups go with
+    the pools: none is left once the grader closes."""
+    from grader import memcg
+
+    if not memcg.available():
+        pytest.skip(f"no memory cgroup the grader can create here ({memcg.why_not()})")
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "memory")
+    with Grader(make_submission(tmp_path), lab) as grader:
+        result = grader.run(case)
+        pool = grader.runner.pool(case.world_size)
+        groups = {r: (pool.memcg.ranks[r] / "cgroup.procs").read_text().split() for r in pool.pids}
+        assert groups == {r: [str(pid)] for r, pid in pool.pids.items()}
+    assert result.verdict.passed, result.verdict.message
+    assert all(e["charged"] is not None and e["charged"] > 0 for e in result.evidence)
+    assert not list(memcg._base().glob("pool*"))

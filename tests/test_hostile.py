@@ -105,6 +105,10 @@ def attacks(kit: Path) -> dict[str, tuple[str, Kind | None, str]]:
         "udp_socket": ("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'k/v', "
                        "('127.0.0.1', 9))", Kind.EXCEPTION, "PermissionError"),
         "pty": ("open('/dev/ptmx', 'rb')", Kind.EXCEPTION, "PermissionError"),
+        # out of the memory cgroup whose peak is the rank's memory (grader/memcg.py), up into the pool's
+        "leave_memcg": ("line = next((l for l in open('/proc/self/cgroup') if ':memory:' in l), '4:memory:/')\n"
+                        "up = '/sys/fs/cgroup/memory' + line.strip().split(':', 2)[2].rsplit('/', 3)[0]\n"
+                        "open(up + '/cgroup.procs', 'w').write('0')", Kind.EXCEPTION, "PermissionError"),
         "daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
                    f"        time.sleep(3)\n        open({str(OUTSIDE)!r}, 'w').write('late')\n"
                    "    os._exit(0)\nos.wait()", None, ""),
