@@ -10,6 +10,7 @@ Hooks are in lifecycle order: configure, header, collect, run, report.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,10 @@ class ExerciseFile(pytest.File):
             yield item
 
 
+class CaseNote(UserWarning):
+    """A passed case's note (recommended, not graded), shown in pytest's warnings summary."""
+
+
 class CaseFailed(Exception):
     def __init__(self, result: CaseResult):
         super().__init__(result.verdict.message)
@@ -100,6 +105,8 @@ class CaseItem(pytest.Item):
             pytest.skip(f"bonus, not attempted: {result.verdict.message}")
         if not result.verdict.passed:
             raise CaseFailed(result)
+        if result.verdict.message:  # passed, with a note on what is recommended but not graded
+            warnings.warn_explicit(CaseNote(report.note(result)), CaseNote, str(self.path), 0)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo, style: object = None) -> str:
         if isinstance(excinfo.value, CaseFailed):

@@ -1,4 +1,5 @@
-"""Terminal reports: the per-exercise score table and, for each failing case, what happened and a hint."""
+"""Terminal reports: the per-exercise score table; for each failing case what happened and a hint, for a
+passed one with a note, the note."""
 
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ def failure(result: CaseResult, *, show_output: bool = True, width: int = 100) -
     return "\n".join(body)
 
 
+def note(result: CaseResult, width: int = 100) -> str:
+    """A passed case's note: what the code could do better that the case does not grade."""
+    v = result.verdict
+    body = [f"NOTE {result.case.title}", textwrap.indent(textwrap.fill(v.message, width - 4), "    ")]
+    if v.hint:
+        body.append(textwrap.indent(textwrap.fill("hint: " + v.hint, width - 4), "    "))
+    return "\n".join(body)
+
+
 def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} characters cut]"
 
@@ -58,6 +68,7 @@ def _cap(text: str, limit: int) -> str:
 def summary(results: list[CaseResult], manifest: Manifest) -> str:
     """The self-check report: every failing case in full, as pytest shows them, then the score table."""
     parts = [failure(r) for r in results if not r.ok]
+    parts += [note(r) for r in results if r.verdict.passed and r.verdict.message]
     bonus = [r for r in results if r.bonus_not_attempted]
     if bonus:
         parts.append(f"{len(bonus)} bonus case(s) not attempted: " + ", ".join(r.case.title for r in bonus))

@@ -26,7 +26,9 @@ def test_entry(result: CaseResult) -> dict:
     if v.skipped:
         output = f"Skipped: {v.message}"
     elif v.passed:
-        output = "Passed."
+        # a note (what is recommended but not graded) names sizes and figures: public cases only
+        output = "\n".join(p for p in (v.message, f"Hint: {v.hint}" if v.hint else "") if p) \
+            if v.message and not case.hidden else "Passed."
     elif result.bonus_not_attempted:
         output = f"Bonus, not attempted: {v.message}"
     elif case.hidden:

@@ -250,7 +250,7 @@ def _torn_down() -> None:
         _teardown = None
 
 
-def steady_memory() -> None:
+def _steady_memory() -> None:
     """Make the kernel's peak resident memory of a call follow the tensors the call held.
 
     glibc raises its mmap threshold after the first large free, after which
@@ -287,7 +287,7 @@ def serve(conn: Any, rank: int, settings: dict) -> None:
     instrument.install()
     adapter.isolate(KIT_ROOT)
     torch.set_num_threads(1)
-    steady_memory()
+    _steady_memory()
     hello = {"rank": rank, "pid": os.getpid(), "exposed": sandbox.audit(settings["sandbox"]),
              "store_port": _serve_store(rank)}
     conn.send_bytes(b"R" + json.dumps(hello).encode())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import KIT, make_submission, planted
-from grader import checks
+from grader import checks, report, results_json
 from grader.grading import MEASURES, Grader
 from grader.verdict import Kind, fail
 from variants import Span, Variant, apply
@@ -190,10 +190,12 @@ BLIND = ('def ring_forward(q, k, v, scheme="contiguous", group=None):\n',
 @pytest.mark.parametrize("bug, case_name, kind, text", [
     ("ex5_bug_no_skip", "compute_contiguous", Kind.COMPUTE, "kernel"),
     ("ex5_bug_keeps_all_blocks", "memory", Kind.MEMORY, "kernel"),
-    # no outside count tells a dense zigzag or striped ring from one that skips: the blinded counter
-    # itself is the fault, since a correct output needs the FLOPs of every visible (query, key) pair
-    ("ex5_bug_no_skip_zigzag", "compute_zigzag", Kind.RECORD_MISMATCH, "the FLOP count does not match"),
-    ("ex5_bug_no_skip_zigzag", "compute_striped", Kind.RECORD_MISMATCH, "the FLOP count does not match"),
+    # whole blocks under zigzag and striped are allowed, but blinded, the counter saw none of the FLOPs
+    # that every visible (query, key) pair of a correct output needed
+    ("ex5_correct_whole_blocks_off_contiguous", "compute_zigzag", Kind.RECORD_MISMATCH,
+     "the FLOP count does not match"),
+    ("ex5_correct_whole_blocks_off_contiguous", "compute_striped", Kind.RECORD_MISMATCH,
+     "the FLOP count does not match"),
 ])
 def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, text, lab, tmp_path):
     """A ring that hides from the in-rank probes is judged by the kernel's CPU time and peak memory, or,
@@ -212,20 +214,28 @@ def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, text, l
         assert f"(in each of {MEASURES} runs)" in result.verdict.message, result.verdict.message
 
 
-def test_a_ring_that_computes_every_striped_block_whole_fails_compute_striped(lab, tmp_path):
-    """Under striped every rank does about the same work whether it skips or not, so balance says nothing:
-    each rank's count is held to its rectangles of visible pairs, which trim a row and a column of every
-    later rank's block (rank 0 at P = 3, S = 24: 2.53 blocks, not 3)."""
+@pytest.mark.parametrize("case_name, blocks, most", [("compute_zigzag", "4.00", "2.50"),
+                                                      ("compute_striped", "3.00", "2.53")])
+def test_whole_blocks_under_zigzag_and_striped_pass_with_a_note(case_name, blocks, most, lab, tmp_path):
+    """The contract grades the skip under contiguous sharding only: under zigzag and striped no block is
+    wholly hidden, and computing only the visible rectangle is recommended, not graded. A ring computing
+    every block whole keeps the case's points; the report notes the rectangle (rank 0 at P = 4 under
+    zigzag: 4 blocks, not (P+1)/2; at P = 3, S = 24 under striped: 3, not 2.53)."""
     from variants import VARIANTS
 
-    variant = next(v for v in VARIANTS if v.name == "ex5_bug_no_skip_zigzag")  # whole blocks off contiguous
+    variant = next(v for v in VARIANTS if v.name == "ex5_correct_whole_blocks_off_contiguous")
     sub = make_submission(tmp_path, {variant.solution: apply(variant)})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_striped")
+    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
     with Grader(sub, lab) as grader:
         result = grader.run(case)
-    assert result.verdict.kind is Kind.COMPUTE, result.verdict.message
-    assert "rank 0 computes 3.00 blocks" in result.verdict.message, result.verdict.message
-    assert "needs at most 2.53" in result.verdict.message, result.verdict.message
+    assert result.verdict.passed and result.score == case.points, result.verdict.message
+    assert "recommended, not graded" in result.verdict.message, result.verdict.message
+    assert f"rank 0 computes {blocks} blocks" in result.verdict.message, result.verdict.message
+    assert f"at most {most}" in result.verdict.message or f"= {most}" in result.verdict.message
+    assert "NOTE" in report.summary([result], lab) and "visible rectangle" in report.summary([result], lab)
+    entry = results_json.test_entry(result)
+    assert entry["score"] == case.points  # a hidden case's note would name its sizes: not shown
+    assert ("recommended, not graded" in entry["output"]) != case.hidden, entry["output"]
 
 
 # Rank 0's block attention run in a child process, its result back through a pipe; with ORPHAN the child

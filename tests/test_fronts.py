@@ -79,6 +79,21 @@ def test_pytest_front_passes_on_solutions(tmp_path):
     assert descendants() == []
 
 
+def test_pytest_front_shows_a_passed_case_s_note(tmp_path):
+    """Whole blocks under zigzag keep the points (the contract: the rectangle is recommended, not graded);
+    pytest passes the case and shows the note in its warnings summary."""
+    from variants import VARIANTS, apply
+
+    variant = next(v for v in VARIANTS if v.name == "ex5_correct_whole_blocks_off_contiguous")
+    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
+    (sub / "conftest.py").write_text((KIT / "exercises" / "conftest.py").read_text())
+    r = run("-m", "pytest", str(sub / variant.solution), "-p", "no:cacheprovider", "-q", "-k", "compute_zigzag",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "1 passed" in r.stdout and "CaseNote: NOTE ex5 - compute_zigzag" in r.stdout, r.stdout[-3000:]
+    assert "recommended, not graded" in r.stdout
+
+
 STRIKE_MANIFEST = ex1_manifest("""\
 - {name: gather_a, check: gather, world_size: 2, shape: {B: 2, S: 8, F: 3}}
 - {name: positions, check: positions, world_size: 2, shape: {S: 8}}
