@@ -143,6 +143,20 @@ def _ex3_forward_zigzag(code: str, lab, tmp_path):
         return grader.run(case)
 
 
+@pytest.mark.parametrize("cheat", [c.name for c in CHEATS if c.solution == EX5])
+def test_ex7_s_ring_step_is_held_to_the_kernel_s_bytes(cheat, lab, tmp_path):
+    """ex7's step runs the student's ring: a ring forward that all-gathers out of the record's sight there
+    fails the ring step too, at P = 4 where the hidden bytes stand above the gradients' all-reduce (at
+    P = 2 the all-reduce's allowance, twice its bytes, covers a forward's K/V)."""
+    variant = next(c for c in CHEATS if c.name == cheat)
+    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
+    case = next(c for c in lab.cases if c.exercise == "ex7" and c.name == "ring_p4")
+    with Grader(sub, lab) as grader:
+        result = grader.run(case)
+    assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
+    assert "does not match what the ranks actually sent" in result.verdict.message
+
+
 def test_a_record_claiming_traffic_that_never_happened_fails(lab, tmp_path):
     """Lines written into the record for transfers that never happened are caught by the kernel's count."""
     fake = ("import sys\n"

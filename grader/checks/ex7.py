@@ -22,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from grader import reference
-from grader.checks import Check, Reads, generator, judge_value_errors, member_positions, per_member, register
+from grader.checks import (Check, Reads, generator, judge_value_errors, member_positions, per_member, register,
+                           traffic)
+from grader.checks.attention import ALL_TO_ALL_OPS, GATHER_OPS, P2P_RECV, P2P_SEND, SMALL
 from grader.compare import Tolerance, check_tensor, tolerance
 from grader.model import ModelConfig, build_model, causal_attention, reference_train_step
 from grader.tasks import DTYPES
 from grader.tasks.ex7 import BAD, attention_kind, model_config
-from grader.verdict import PASS, Kind, fail
+from grader.verdict import PASS, Kind, Verdict, fail
 
 IGNORE = -100
 
@@ -234,12 +236,54 @@ def _explain_grads(case: Any, truth: Truth, got: dict[int, dict], tol: Tolerance
     return "", ""
 
 
+FLOATS = {"float64", "float32", "bfloat16", "float16"}
+REDUCE_SCATTER_OPS = {"reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base"}
+#: per attention kind: (what it is called, the ops that move its tensors between ranks, the others it may
+#: use on large tensors: ex3's backward sums K/V gradients with a reduce-scatter). all_reduce is every
+#: kind's: the loss's and the gradients' reductions.
+PATTERNS = {
+    "all_gather": ("ex3's all-gather KV", GATHER_OPS, REDUCE_SCATTER_OPS),
+    "ulysses": ("ex4's Ulysses all-to-all", ALL_TO_ALL_OPS, set()),
+    "ring": ("ex5's ring", P2P_SEND | P2P_RECV, set()),
+}
+
+
+def judge_attention_comm(case: Any, outcomes: list) -> Verdict | None:
+    """The step's attention communicates as the kind it was asked for: its own ops carry large activations,
+    no other kind's do. Read from the record, which judge_record holds to the kernel's bytes. Integer
+    tensors are not the attention's: ex6's shift_labels gathers the token ids."""
+    attention = attention_kind(case)
+    name, moves, also = PATTERNS[attention]
+    for r in case.members:
+        big = [c for c in outcomes[r].trace if c.get("done", True) and "op" in c
+               and sum(t.get("numel", 0) for t in c.get("tensors") or [] if t.get("dtype") in FLOATS) > SMALL]
+        ops = {c["op"] for c in big}
+        foreign = sorted(ops - moves - also - {"all_reduce"})
+        if foreign:
+            return fail(Kind.COMMUNICATION, f"rank {r} calls {', '.join(foreign)} on large activations in "
+                                            f"cp_train_step(attention={attention!r}): the step's attention did "
+                                            f"not run as {name}, which moves them with "
+                                            f"{', '.join(sorted(moves))} only",
+                        hint=ATTENTION_HINT)
+        if len(case.members) > 1 and not ops & moves:
+            return fail(Kind.COMMUNICATION, f"rank {r} never calls {', '.join(sorted(moves))} on a large activation in "
+                                            f"cp_train_step(attention={attention!r}): the step's attention did not "
+                                            f"run as {name}", hint=ATTENTION_HINT)
+    return None
+
+
+ATTENTION_HINT = ("Build the model's attention from the name you are given: 'all_gather' -> ex3's "
+                  "all_gather_kv_attention, 'ulysses' -> ex4's ulysses_attention, 'ring' -> ex5's "
+                  "ring_attention, each bound to the scheme and the group.")
+
+
 @register("ex7", "step")
 class Step(Check):
     """cp_train_step on the kit's model: loss, parameters left unchanged, every .grad vs the float64 step."""
 
     sends = ("tokens", "model_seed")
     reads = Reads(shape=("B", "S"), params=("attention", "model"), required=("S",))
+    evidence = True  # the record of the attention's calls, held to the kernel's bytes
 
     def inputs(self, case):
         tokens, seed = _tokens(case), model_seed(case)
@@ -255,6 +299,10 @@ class Step(Check):
             return fail(Kind.NOT_IMPLEMENTED,
                         f"attention='ring': the ring bonus backward is not attempted (rank {stuck[0]}: "
                         f"{payloads[stuck[0]]['ring_not_attempted']}). A bonus case: no regular points are lost.")
+        if len(ranks) > 1:
+            verdict = traffic.judge_record(case, outcomes)
+            if verdict:
+                return verdict
         dtype = DTYPES[case.dtype]
         truth = Truth(case)
         tol = tolerance(case.dtype, len(ranks))
@@ -308,7 +356,7 @@ class Step(Check):
                         verdict.message += f"\n{evidence}"
                     verdict.hint = hint
                 return verdict
-        return PASS
+        return judge_attention_comm(case, outcomes) or PASS
 
 
 @register("ex7", "errors")

@@ -786,6 +786,13 @@ def sharded_cross_entropy('''),
           "            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)\n")],
     ),
     Variant(
+        "ex7_bug_attention_kind_ignored", EX7,
+        "the attention name is checked but not used: every step runs ex3's all-gather KV, whose numbers are "
+        "as right as Ulysses' or the ring's",
+        [("    fn = ATTENTIONS[attention]\n", "    fn = ATTENTIONS[\"all_gather\"]\n")],
+        Fails("ulysses_p2", Kind.COMMUNICATION, "did not run as ex4's Ulysses all-to-all"),
+    ),
+    Variant(
         "ex7_bug_local_positions", EX7,
         "rotary positions computed locally, arange(S/P): every rank embeds its tokens as the start of the sequence",
         [("    positions = shard_positions(seq_len, rank, world_size, scheme).to(tokens.device)",
