@@ -33,8 +33,8 @@ _pools = count()
 def _own_group() -> Path | None:
     """The folder of this process's cgroup v1 memory cgroup, if the memory hierarchy is mounted."""
     try:
-        line = next((l for l in Path("/proc/self/cgroup").read_text().splitlines()
-                     if l.split(":")[1].split(",").count("memory")), None)
+        line = next((entry for entry in Path("/proc/self/cgroup").read_text().splitlines()
+                     if "memory" in entry.split(":")[1].split(",")), None)
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except (OSError, IndexError):
         return None

@@ -568,7 +568,8 @@ def judge_memory(case: Any, outcomes: list) -> Verdict | None:
     # count at P = 8 (512 KiB shards): the solution 10-15.6 shards, a ring that keeps every block 26-27.7,
     # one that all-gathers 36.3-36.9 (python benchmarks/evidence.py prints them). Before FIRST_USE, on the
     # memory cases, resident / charged to the rank's cgroup: the solution 14.6-16.2 / 12.0-14.2, a ring
-    # that parks every block in a tmpfs file or a memfd 15.4-18.1 / 29.3-32.4 (tests/test_evidence.py).
+    # that parks every block in a tmpfs file or a memfd 15.4-18.1 / 29.3-32.4 (`python
+    # benchmarks/evidence.py --memory [SUBMISSION]`; the cheats are in tests/test_evidence.py).
     limit = case.params.get("max_shards", 16)
     shard_bytes = shard_numel(case) * DTYPES[case.dtype].itemsize
     for r in case.members:

@@ -266,9 +266,9 @@ def judge_attention_comm(case: Any, outcomes: list) -> Verdict | None:
                                             f"{', '.join(sorted(moves))} only",
                         hint=ATTENTION_HINT)
         if len(case.members) > 1 and not ops & moves:
-            return fail(Kind.COMMUNICATION, f"rank {r} never calls {', '.join(sorted(moves))} on a large activation in "
-                                            f"cp_train_step(attention={attention!r}): the step's attention did not "
-                                            f"run as {name}", hint=ATTENTION_HINT)
+            return fail(Kind.COMMUNICATION, f"rank {r} never calls {', '.join(sorted(moves))} on a large "
+                                            f"activation in cp_train_step(attention={attention!r}): the step's "
+                                            f"attention did not run as {name}", hint=ATTENTION_HINT)
     return None
 
 

@@ -19,8 +19,9 @@ reduce_scatter_tensor 2·(P-1)/P·N (at N = 512 KiB: 1.00, 1.34, 1.50, 1.76 N
 at P = 2, 3, 4, 8; a reduce_scatter of a list of chunks more: twice what it
 lists is its bound). Each message also carries gloo's framing and control
 bytes: on the solutions' cases at most 288 bytes per message (an all_gather
-of P=8 sends 7), SLACK_PER_MESSAGE allows 384. The cases of ex3-ex5 make a rank's K shard at least 4 KiB, so that
-a transfer the record does not show is far above that allowance.
+of P=8 sends 7), SLACK_PER_MESSAGE allows 384. The cases of ex3-ex5 make a
+rank's K shard at least 4 KiB, so that a transfer the record does not show is
+far above that allowance.
 """
 
 from __future__ import annotations
