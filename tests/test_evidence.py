@@ -57,6 +57,18 @@ CHEATS = [
           "    rec._trace = saved\n")],
     ),
     Variant(
+        "ex5_cheat_functional_allgather", EX5,
+        "K/V all-gathered through a functional collective (torch.distributed._functional_collectives, "
+        "dispatched as an op, not through dist.all_gather), then the dummy ring of cheat one for the record",
+        [(HIDDEN_GATHER,
+          HIDDEN_GATHER +
+          "    import torch.distributed._functional_collectives as fc\n"
+          "    pg = group if group is not None else dist.group.WORLD\n"
+          "    gathered = fc.wait_tensor(fc.all_gather_tensor(cur, 0, pg))  # (2P, B, H, S/P, D)\n"
+          "    blocks = gathered.reshape(world_size, *cur.shape)\n"),
+         CHEATS_RING_MERGE],
+    ),
+    Variant(
         "ex5_cheat_store_allgather", EX5,
         "K/V all-gathered through the rendezvous store (set this rank's block, get every other), then the "
         "dummy ring of cheat one for the record",
