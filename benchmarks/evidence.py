@@ -8,7 +8,8 @@ D=64 in float64 (a K shard of 512 KiB at P = 4), and prints, per strategy, the
 bytes rank 1 received from each peer by the kernel's socket counters, the
 peak resident memory of the call over one K shard (and, where the grader gives
 each rank a memory cgroup, the peak charged to it: files and memfds included),
-and the CPU time of every rank, beside the bytes the strategy must move. The
+and the CPU time of every rank, beside the bytes the strategy must move and
+the attention work each rank's share needs (grader.bench.predict). The
 README's table is this script's output. With --memory it grades the manifest's
 ex5 memory cases instead and prints every rank's two peaks, before FIRST_USE.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 KIT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(KIT))
 
+from grader.bench import Sizes, predict  # noqa: E402
 from grader.checks.attention import shard_numel  # noqa: E402
 from grader.grading import Grader  # noqa: E402
 from grader.manifest import load  # noqa: E402
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p = args.world_size
     print(f"P = {p}, shape {SHAPE}, float64; bytes in K shards (one rank's K: B·H·S/P·D·8 bytes)")
     print(f"{'strategy':14} {'scheme':11} {'rank 1 received from peers 0..P-1 (formula)':48} "
-          f"{'peak mem (shards)':18} CPU ms per rank")
+          f"{'peak mem (shards)':18} CPU ms per rank (work in blocks, formula)")
     with Grader(args.submission, lab) as grader:
         for exercise, strategy in STRATEGIES.items():
             base = next(c for c in lab.cases if c.exercise == exercise and c.check == "forward")
@@ -70,7 +72,14 @@ def main(argv: list[str] | None = None) -> None:
                                  for peer in range(p) if peer != 1)
                 peaks = _peaks(ev, shard)
                 cpu = " ".join(f"{e['cpu'] * 1000:.0f}" for e in ev)
-                print(f"{strategy:14} {scheme:11} {cells:48} {peaks:<18} {cpu}")
+                print(f"{strategy:14} {scheme:11} {cells:48} {peaks:<18} {cpu} ({work(exercise, scheme, p)})")
+
+
+def work(exercise: str, scheme: str, p: int) -> str:
+    """Each rank's attention work by the bench's closed forms, in blocks of (S/P)² pairs."""
+    sizes = Sizes(batch=SHAPE["B"], heads=SHAPE["H"], head_dim=SHAPE["D"], tokens_per_rank=SHAPE["S"] // p)
+    block = 4 * SHAPE["B"] * SHAPE["H"] * (SHAPE["S"] // p) ** 2 * SHAPE["D"]
+    return " ".join(f"{predict(exercise, scheme, sizes, p, r)['flops'] / block:.3g}" for r in range(p))
 
 
 def _peaks(evidence: list[dict], shard: int) -> str:

@@ -117,8 +117,9 @@ def test_past_the_reference_size_a_spread_sample_of_rows_is_checked(monkeypatch)
 @pytest.mark.parametrize("scheme", ["contiguous", "zigzag", "striped"])
 @pytest.mark.parametrize("p, n", [(2, 4), (3, 8), (4, 16), (8, 6)])
 def test_the_compute_check_bounds_each_rank_by_the_benchs_formula(scheme, p, n):
-    """The compute cases bound a rank's counted work by its rectangles of visible pairs, derived from the
-    positions; the bench's closed forms are written from the algebra. The two must agree."""
+    """The compute cases hold a rank's counted work to its rectangles of visible pairs (a bound under
+    contiguous sharding, a note under zigzag and striped), derived from the positions; the bench's closed
+    forms are written from the algebra. The two must agree."""
     from grader.checks.attention import rectangle_blocks
     from grader.manifest import Case
 
