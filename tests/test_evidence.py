@@ -147,12 +147,16 @@ def test_cheat_loses_every_multirank_case(cheat, graded, lab):
                for r in decisive)
 
 
+def _graded(lab, tmp_path, files: dict[str, str], exercise: str, name: str):
+    """The solutions with `files` replaced by these sources, graded on one case of the lab."""
+    case = next(c for c in lab.cases if c.exercise == exercise and c.name == name)
+    with Grader(make_submission(tmp_path, files), lab) as grader:
+        return grader.run(case)
+
+
 def _ex3_forward_zigzag(code: str, lab, tmp_path):
     """ex3's solution with `code` run first in all_gather_kv_attention, on its forward_zigzag case."""
-    sub = make_submission(tmp_path, {EX3: planted("all_gather_kv_attention", code, EX3)})
-    case = next(c for c in lab.cases if c.exercise == "ex3" and c.name == "forward_zigzag")
-    with Grader(sub, lab) as grader:
-        return grader.run(case)
+    return _graded(lab, tmp_path, {EX3: planted("all_gather_kv_attention", code, EX3)}, "ex3", "forward_zigzag")
 
 
 @pytest.mark.parametrize("cheat", [c.name for c in CHEATS if c.solution == EX5])
@@ -163,10 +167,7 @@ def test_ex7_s_ring_step_is_held_to_the_kernel_s_bytes(cheat, lab, tmp_path):
     2(P-1)/P of its bytes (with twice its bytes, they hid in the allowance), and because ex7's ring and
     Ulysses steps have S = 64 (at S = 16 the cheat stood 2-4 KiB past the bound, at 64, 92 KiB)."""
     variant = next(c for c in CHEATS if c.name == cheat)
-    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
-    case = next(c for c in lab.cases if c.exercise == "ex7" and c.name == "ring_p2")
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {variant.solution: apply(variant)}, "ex7", "ring_p2")
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "does not match what the ranks actually sent" in result.verdict.message
 
@@ -232,10 +233,7 @@ def test_blinded_probes_do_not_hide_work_or_memory(bug, case_name, kind, text, l
 
     variant = next(v for v in VARIANTS if v.name == bug)
     blinded = Variant(bug + "_blinded", variant.solution, variant.bug, variant.edits + [BLIND])
-    sub = make_submission(tmp_path, {variant.solution: apply(blinded)})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {variant.solution: apply(blinded)}, "ex5", case_name)
     assert result.verdict.kind is kind, result.verdict.message
     assert text in result.verdict.message, result.verdict.message
     if kind is Kind.COMPUTE:  # the kernel's CPU times: the same in every run, not one skewed one
@@ -252,10 +250,8 @@ def test_whole_blocks_under_zigzag_and_striped_pass_with_a_note(case_name, block
     from variants import VARIANTS
 
     variant = next(v for v in VARIANTS if v.name == "ex5_correct_whole_blocks_off_contiguous")
-    sub = make_submission(tmp_path, {variant.solution: apply(variant)})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {variant.solution: apply(variant)}, "ex5", case_name)
+    case = result.case
     assert result.verdict.passed and result.score == case.points, result.verdict.message
     assert "recommended, not graded" in result.verdict.message, result.verdict.message
     assert f"rank 0 computes {blocks} blocks" in result.verdict.message, result.verdict.message
@@ -317,10 +313,7 @@ def test_work_handed_to_another_process_counts_as_the_ranks(orphan, lab, tmp_pat
     source = apply(cheat)
     assert source.count(RECEIPTS[0]) == 1
     source = source.replace(*RECEIPTS).replace("import torch\n", f"import torch\nORPHAN = {orphan}\n", 1)
-    sub = make_submission(tmp_path, {variant.solution: source})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_contiguous")
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {variant.solution: source}, "ex5", "compute_contiguous")
     assert result.verdict.kind is Kind.COMPUTE, result.verdict.message
     assert "by the kernel's count" in result.verdict.message, result.verdict.message
     assert f"(in each of {MEASURES} runs)" in result.verdict.message, result.verdict.message
@@ -342,10 +335,7 @@ def test_attention_the_flop_counter_cannot_see_fails_the_compute_cases(case_name
     for old, new in ELEMENTWISE:
         assert old in source
         source = source.replace(old, new)
-    sub = make_submission(tmp_path, {EX2: source})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == case_name)
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {EX2: source}, "ex5", case_name)
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "the FLOP count does not match the work the output needed" in result.verdict.message
 
@@ -359,10 +349,7 @@ def test_matmul_receipts_on_meta_tensors_do_not_stand_for_the_work(lab, tmp_path
                 "    weights.to('meta') @ v.to('meta')  # for the counter\n")
     for (old, new), receipt in zip(ELEMENTWISE, receipts):
         source = source.replace(old, new + receipt)
-    sub = make_submission(tmp_path, {EX2: source})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "compute_zigzag")
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {EX2: source}, "ex5", "compute_zigzag")
     assert result.verdict.kind is Kind.RECORD_MISMATCH, result.verdict.message
     assert "the counter saw 0.00 blocks of matmuls" in result.verdict.message, result.verdict.message
 
@@ -466,10 +453,7 @@ def test_blocks_parked_outside_the_heap_count_as_held(where, lab, tmp_path):
               "            cur, nxt = nxt, cur  # the block just sent is no longer needed: its buffer receives next\n",
               "")]
     cheat = Variant(f"ex5_cheat_parked_{where}", EX5, "every block parked off the heap", edits)
-    sub = make_submission(tmp_path, {EX5: apply(cheat)})
-    case = next(c for c in lab.cases if c.exercise == "ex5" and c.name == "memory")
-    with Grader(sub, lab) as grader:
-        result = grader.run(case)
+    result = _graded(lab, tmp_path, {EX5: apply(cheat)}, "ex5", "memory")
     assert result.verdict.kind is Kind.MEMORY, result.verdict.message
     assert "must not grow with P" in result.verdict.message, result.verdict.message
 
