@@ -21,6 +21,7 @@ on: `slack()` is that bound, which a verdict subtracts.
 
 from __future__ import annotations
 
+import functools
 import os
 from itertools import count
 from pathlib import Path
@@ -30,8 +31,10 @@ CHARGE_BATCH = 64 * 4096  # MEMCG_CHARGE_BATCH pages, the most a CPU's stock hol
 _pools = count()
 
 
+@functools.cache
 def _own_group() -> Path | None:
-    """The folder of this process's cgroup v1 memory cgroup, if the memory hierarchy is mounted."""
+    """The folder of this process's cgroup v1 memory cgroup, if the memory hierarchy is mounted (read once:
+    the grader does not change cgroups, and every pool's cgroups are made under it)."""
     try:
         line = next((entry for entry in Path("/proc/self/cgroup").read_text().splitlines()
                      if "memory" in entry.split(":")[1].split(",")), None)

@@ -61,7 +61,8 @@ from typing import Any
 
 import torch
 
-from grader import instrument, memcg, procfs, sandbox as sandbox_mod, sockets, worker as worker_mod, zygote as zygote_mod
+from grader import instrument, memcg, procfs, sandbox as sandbox_mod, sockets
+from grader import worker as worker_mod, zygote as zygote_mod
 from grader.sandbox import Sandbox
 
 STARTUP_TIMEOUT = 120.0  # wall seconds for a forked pool to be ready (milliseconds when idle; a guard only)
